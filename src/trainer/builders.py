@@ -1,0 +1,86 @@
+"""From config to objects; one place that both train() and evaluate() build with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn as nn
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
+from trainer.errors import ConfigError
+from trainer.models import create_model, data_defaults, load_weights
+
+_MODEL_DEFAULTED = ("resolution", "crop_ratio", "interpolation", "mean", "std")
+
+
+def fill_data_defaults(cfg: DictConfig) -> None:
+    """Set each `data.<key>` left null from the model's defaults (paper resolution and crop, timm mean/std)."""
+    defaults = data_defaults(cfg.model.name)
+    for key in _MODEL_DEFAULTED:
+        if cfg.data.get(key) is None:
+            value = getattr(defaults, key)
+            cfg.data[key] = list(value) if isinstance(value, tuple) else value
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    fill_data_defaults(cfg)
+    return instantiate(cfg.data, _convert_="all")
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The backbone for `cfg.model`, with `init_from` weights loaded and the memory format set."""
+    kwargs: dict[str, Any] = dict(cfg.model.kwargs)
+    for key in ("drop_rate", "drop_path_rate"):
+        if cfg.model.get(key) is not None:
+            kwargs[key] = cfg.model[key]
+    try:
+        model = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
+    except TypeError as e:  # an argument the model's constructor does not take
+        raise ConfigError(f"model '{cfg.model.name}' does not accept {e}".replace("__init__() got ", "")) from None
+    if cfg.model.init_from:
+        rank_zero_info(load_weights(model, cfg.model.init_from).summary())
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def effective_lr(cfg: DictConfig) -> float:
+    return scale_lr(
+        cfg.optim.lr, cfg.optim.get("ref_batch_size"), cfg.data.batch_size, cfg.optim.get("lr_scaling", "none")
+    )
+
+
+def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> ClassificationModule:
+    optimizer = instantiate(cfg.optim, global_batch_size=cfg.data.batch_size)
+    scheduler = instantiate(cfg.sched) if cfg.get("sched") else None
+    module = ClassificationModule(
+        model,
+        optimizer,
+        scheduler,
+        num_classes=len(class_names),
+        label_smoothing=cfg.loss.label_smoothing,
+        aux_weights=list(cfg.loss.aux_weights),
+        sched_interval=cfg.sched.interval if scheduler else "epoch",
+        channels_last=cfg.model.channels_last,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        class_names=class_names,
+    )
+    if cfg.get("compile"):
+        module.model.compile()  # in place: state_dict keys stay the model's own
+    return module
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
+    kwargs: dict[str, Any] = dict(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    kwargs.update(overrides)
+    return instantiate(cfg.trainer, **kwargs)

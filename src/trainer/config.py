@@ -1,0 +1,43 @@
+"""Hydra wiring: every catalogue model (and any timm model, as `timm/<name>`) is a `model=` option.
+
+There is no YAML file per model: the catalogue is the one source of truth, registered into Hydra's ConfigStore.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from trainer.models import TIMM_PREFIX, list_models
+
+_TIMM_CHOICE = re.compile(re.escape(TIMM_PREFIX) + r"([\w.\-]+)")
+
+
+@dataclass
+class ModelConfig:
+    """`model.*`: which backbone and how to build it. A typo in a key fails loudly (structured config)."""
+
+    name: str = MISSING  # a catalogue name, or timm/<any timm model name>
+    init_from: str | None = None  # a state_dict or checkpoint file to start from (keys mapped, mismatches reported)
+    channels_last: bool = False  # channels_last memory format for the model and its inputs
+    drop_rate: float | None = None  # classifier dropout (null: the model's default)
+    drop_path_rate: float | None = None  # stochastic depth rate for models built with drop-path
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more constructor arguments, e.g. {groups: 1}
+
+
+def register_configs(overrides: Iterable[str] = ()) -> None:
+    """Store `model/<name>` for each catalogue entry, and `model/timm/<name>` for each timm model named in
+    `overrides` (all ~1,400 timm names would cost most of a second at every start). Idempotent."""
+    cs = ConfigStore.instance()
+    for name in list_models():
+        cs.store(group="model", name=name, node=ModelConfig(name=name))
+    for override in overrides:
+        for name in _TIMM_CHOICE.findall(override):
+            if timm.is_model(name):
+                cs.store(group="model/timm", name=name, node=ModelConfig(name=TIMM_PREFIX + name), package="model")

@@ -1,0 +1,223 @@
+"""LightningDataModule for ImageNet-layout folders, with the standard ImageNet augmentation.
+
+Training: RandomResizedCrop (scale 0.08-1, aspect 3/4-4/3, Szegedy et al. 2015, "Going deeper with
+convolutions", Sec. 6) + horizontal flip + normalisation. Evaluation: resize the shorter side to
+floor(resolution / crop_ratio), then a centre crop of `resolution` (0.875 = the classic 224/256).
+Both come from timm's `create_transform`, with colour jitter and random erasing off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from timm.data import create_transform
+from torch.utils.data import DataLoader
+
+from trainer.data.folder import ImageFolderDataset, SkipCounter, collate_skipping_bad, validate_layout
+from trainer.data.sample import write_sample_set
+from trainer.errors import ConfigError, DataError
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Train/val loaders over `root/<train_split>/<class>/*` and `root/<val_split>/<class>/*`.
+
+    `batch_size` is the global batch; each device gets `batch_size // world_size`. `num_classes` is the class
+    count the caller expects (1000 for ImageNet); the folders must hold exactly that many. With `sample=True`
+    the bundled digits sample set is written to `root` first. `resolution`, `crop_ratio`, `mean` and `std` may be
+    left None here and filled in from the model's defaults before `setup()`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 256,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        resolution: int | None = None,
+        crop_ratio: float | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        interpolation: str = "bilinear",
+        train_scale: Sequence[float] = (0.08, 1.0),
+        train_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        hflip: float = 0.5,
+        skip_bad_images: bool = False,
+        num_classes: int | None = None,
+        sample: bool = False,
+        sample_size: int = 32,
+        train_split: str = "train",
+        val_split: str = "val",
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        # No save_hyperparameters(): Lightning refuses to log when model and datamodule hparams share a key
+        # (num_classes) with different values, and the run config is recorded by Hydra anyway.
+        self.root = str(root)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.resolution = resolution
+        self.crop_ratio = crop_ratio
+        self.mean = mean
+        self.std = std
+        self.interpolation = interpolation
+        self.train_scale = tuple(train_scale)
+        self.train_ratio = tuple(train_ratio)
+        self.hflip = hflip
+        self.skip_bad_images = skip_bad_images
+        self.expected_num_classes = num_classes
+        self.sample = sample
+        self.sample_size = sample_size
+        self.train_split = train_split
+        self.val_split = val_split
+        self.drop_last = drop_last
+
+        self.train_set: ImageFolderDataset | None = None
+        self.val_set: ImageFolderDataset | None = None
+        self._classes: list[str] | None = None
+        # One counter for both splits, shared with worker processes.
+        self._skipped = SkipCounter()
+
+    # -- data on disk ----------------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        if self.sample:
+            write_sample_set(self.root, size=self.sample_size)
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted class-folder names; validates the layout (and writes the sample set if asked) on first use."""
+        if self._classes is None:
+            # Callers need the class count to build the model before Lightning runs prepare_data();
+            # writing the sample set is idempotent and safe to race, so do it here too.
+            self.prepare_data()
+            classes = validate_layout(self.root, (self.train_split, self.val_split))
+            expected = self.expected_num_classes
+            if expected is not None and len(classes) != expected:
+                raise DataError(
+                    f"data.root '{self.root}' holds {len(classes)} class folders but data.num_classes={expected}"
+                )
+            self._classes = classes
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes in the data (equal to the expected count when one was given)."""
+        return len(self.classes)
+
+    # -- batch size ------------------------------------------------------------------------------------------
+
+    @property
+    def world_size(self) -> int:
+        trainer = self.trainer
+        return int(trainer.world_size) if trainer is not None else 1
+
+    @property
+    def per_device_batch_size(self) -> int:
+        world_size = self.world_size
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be positive, got {self.batch_size}")
+        if self.batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is not divisible by the {world_size} devices; "
+                f"use a multiple of {world_size} (it is the global batch, split evenly across devices)"
+            )
+        return self.batch_size // world_size
+
+    # -- transforms and datasets -----------------------------------------------------------------------------
+
+    def _check_transform_config(self) -> None:
+        for key in ("resolution", "crop_ratio", "mean", "std"):
+            if getattr(self, key) is None:
+                raise ConfigError(f"data.{key} is not set (it defaults to the model's pretrained config)")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"data.interpolation='{self.interpolation}' is not one of {', '.join(INTERPOLATIONS)}")
+        if self.crop_ratio <= 0:
+            raise ConfigError(f"data.crop_ratio must be positive, got {self.crop_ratio}")
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != 3:
+                raise ConfigError(f"data.{key} must have 3 values (RGB), got {list(getattr(self, key))}")
+
+    def train_transform(self) -> Callable:
+        self._check_transform_config()
+        return create_transform(
+            input_size=int(self.resolution),
+            is_training=True,
+            scale=self.train_scale,
+            ratio=self.train_ratio,
+            hflip=self.hflip,
+            vflip=0.0,
+            color_jitter=None,  # None, not 0: timm would otherwise add a no-op ColorJitter
+            auto_augment=None,
+            interpolation=self.interpolation,
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+            re_prob=0.0,
+        )
+
+    def val_transform(self) -> Callable:
+        self._check_transform_config()
+        return create_transform(
+            input_size=int(self.resolution),
+            is_training=False,
+            crop_pct=float(self.crop_ratio),
+            interpolation=self.interpolation,
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+        )
+
+    def _dataset(self, split: str, transform: Callable) -> ImageFolderDataset:
+        return ImageFolderDataset(
+            f"{self.root}/{split}",
+            self.classes,
+            transform=transform,
+            skip_bad_images=self.skip_bad_images,
+            skip_counter=self._skipped,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self._check_transform_config()
+        _ = self.per_device_batch_size  # fail on an indivisible batch before any indexing work
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._dataset(self.train_split, self.train_transform())
+        if self.val_set is None:
+            self.val_set = self._dataset(self.val_split, self.val_transform())
+
+    # -- loaders ---------------------------------------------------------------------------------------------
+
+    def _loader(self, dataset: ImageFolderDataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.per_device_batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            # Pinning without a GPU only earns a warning from torch.
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=collate_skipping_bad,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        # Each device sees ceil(n / world_size) samples; dropping the only, partial batch would leave nothing.
+        per_device_samples = math.ceil(len(self.train_set) / self.world_size)
+        drop_last = self.drop_last and per_device_samples >= self.per_device_batch_size
+        return self._loader(self.train_set, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            self.setup("validate")
+        return self._loader(self.val_set, shuffle=False, drop_last=False)
+
+    def bad_images_skipped(self) -> int:
+        """Number of undecodable images skipped since the last call (then reset to zero)."""
+        return self._skipped.pop()

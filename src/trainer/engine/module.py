@@ -1,0 +1,135 @@
+"""The LightningModule: any classification backbone, an optimizer partial and a scheduler partial."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.scheduler.scheduler import Scheduler
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from trainer.errors import ConfigError
+
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Scheduler]
+
+
+def split_outputs(outputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Main logits and auxiliary logits: a model in training mode may return (main, aux1, ...)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs, []
+    main, *aux = outputs
+    return main, list(aux)
+
+
+def _accuracy(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        }
+    )
+
+
+class ClassificationModule(L.LightningModule):
+    """Cross-entropy with label smoothing plus weighted auxiliary losses; top-1/top-5 on train and val."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        *,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        aux_weights: Sequence[float] = (),
+        sched_interval: str = "epoch",
+        channels_last: bool = False,
+        config: dict[str, Any] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.label_smoothing = label_smoothing
+        self.aux_weights = [float(w) for w in aux_weights]
+        self.sched_interval = sched_interval
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.config = config or {}
+        self.class_names = list(class_names) if class_names is not None else None
+        self.train_metrics = _accuracy(num_classes).clone(prefix="train/")
+        self.val_metrics = _accuracy(num_classes).clone(prefix="val/")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | Sequence[torch.Tensor]:
+        return self.model(x)
+
+    def _aux_weights_for(self, n: int) -> list[float]:
+        if n == len(self.aux_weights):
+            return self.aux_weights
+        if len(self.aux_weights) == 1:  # one weight for every head
+            return self.aux_weights * n
+        raise ConfigError(
+            f"the model returns {n} auxiliary outputs but loss.aux_weights has "
+            f"{len(self.aux_weights)} entries {self.aux_weights}"
+        )
+
+    def loss(self, outputs: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        logits, aux = split_outputs(outputs)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        for weight, aux_logits in zip(self._aux_weights_for(len(aux)), aux, strict=True):
+            loss = loss + weight * F.cross_entropy(aux_logits, targets, label_smoothing=self.label_smoothing)
+        return loss
+
+    def on_train_start(self) -> None:
+        # a resumed run continues its metrics files from the checkpoint's step: drop rows logged after it
+        if self.trainer.ckpt_path and self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                if hasattr(logger, "truncate_after"):
+                    logger.truncate_after(self.trainer.global_step)
+
+    def training_step(self, batch: Sequence[torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every image of the batch was undecodable and skipped (data.skip_bad_images)
+            return None
+        images, targets = batch[0].contiguous(memory_format=self.memory_format), batch[1]
+        outputs = self.model(images)
+        loss = self.loss(outputs, targets)
+        self.train_metrics.update(split_outputs(outputs)[0].detach(), targets)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
+        return loss
+
+    def validation_step(self, batch: Sequence[torch.Tensor] | None, batch_idx: int) -> None:
+        if batch is None:
+            return
+        images, targets = batch[0].contiguous(memory_format=self.memory_format), batch[1]
+        logits = split_outputs(self.model(images))[0]
+        loss = F.cross_entropy(logits, targets)
+        self.val_metrics.update(logits, targets)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets), sync_dist=True)
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(self.model)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        max_epochs = max(int(self.trainer.max_epochs or 1), 1)
+        updates_per_epoch = max(-(-int(self.trainer.estimated_stepping_batches) // max_epochs), 1)
+        scheduler = self.scheduler_factory(optimizer, num_epochs=max_epochs, updates_per_epoch=updates_per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.sched_interval}}
+
+    def lr_scheduler_step(self, scheduler: Scheduler, metric: Any) -> None:
+        # timm schedulers take the *next* epoch / update count: Lightning calls this after the epoch / step.
+        if self.sched_interval == "step":
+            scheduler.step_update(num_updates=self.trainer.global_step)
+        else:
+            scheduler.step(epoch=self.current_epoch + 1, metric=metric)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["trainer_config"] = self.config
+        checkpoint["class_names"] = self.class_names

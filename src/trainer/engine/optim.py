@@ -1,0 +1,79 @@
+"""Optimizers through timm's factory, with weight-decay groups chosen by module type and explicit lr scaling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm.optim
+import torch
+import torch.nn as nn
+
+from trainer.errors import ConfigError, close_matches
+
+# Parameters of these modules are never weight-decayed unless asked (scale/shift of a normalisation).
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+LR_SCALINGS = ("none", "linear", "sqrt")
+
+
+def scale_lr(lr: float, ref_batch_size: int | None, global_batch_size: int | None, lr_scaling: str) -> float:
+    """The lr for `global_batch_size`, given the `lr` a recipe states for `ref_batch_size`."""
+    if lr_scaling not in LR_SCALINGS:
+        raise ConfigError(f"optim.lr_scaling='{lr_scaling}' is not one of {', '.join(LR_SCALINGS)}")
+    if lr_scaling == "none" or not ref_batch_size or not global_batch_size:
+        return lr
+    ratio = global_batch_size / ref_batch_size
+    return lr * (ratio if lr_scaling == "linear" else ratio**0.5)
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
+    """Two groups: conv/linear (and other) weights get `weight_decay`; norm-layer parameters and biases get 0,
+    unless `decay_norm_and_bias`. Chosen by module type and parameter role, not by matching names."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            exempt = isinstance(module, NORM_TYPES) or name == "bias"
+            (no_decay if exempt and not decay_norm_and_bias else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def create_optimizer(
+    model: nn.Module,
+    *,
+    opt: str = "sgd",
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    decay_norm_and_bias: bool = False,
+    ref_batch_size: int | None = None,
+    lr_scaling: str = "none",
+    global_batch_size: int | None = None,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Build an optimizer with timm's `create_optimizer_v2`.
+
+    `opt` is a timm optimizer name; `sgd` here is plain SGD with heavy-ball momentum, Nesterov when `nesterov`
+    (timm's own 'sgd' means Nesterov). The lr is rescaled from `ref_batch_size` to `global_batch_size` by
+    `lr_scaling`. Extra kwargs (eps, alpha, betas, ...) go to the optimizer.
+    """
+    if opt == "sgd":
+        opt = "nesterov" if nesterov else "momentum"
+    if opt not in timm.optim.list_optimizers():
+        raise ConfigError(
+            f"unknown optimizer optim.opt='{opt}'; closest: {close_matches(opt, timm.optim.list_optimizers())}"
+        )
+    lr = scale_lr(lr, ref_batch_size, global_batch_size, lr_scaling)
+    groups = param_groups(model, weight_decay, decay_norm_and_bias)
+    return timm.optim.create_optimizer_v2(
+        groups, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs
+    )

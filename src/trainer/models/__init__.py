@@ -1,0 +1,34 @@
+"""The backbone catalogue: paper-faithful models on timm.
+
+`create_model(name)` builds any catalogue entry (or `timm/<name>` for any timm model) through timm;
+`list_models(pattern)` lists the catalogue. Importing this package registers every family.
+"""
+
+from trainer.models import alexnet, resnet  # noqa: F401  (registers the families)
+from trainer.models.catalogue import (
+    TIMM_PREFIX,
+    DataDefaults,
+    ModelEntry,
+    Paper,
+    create_model,
+    data_defaults,
+    get_entry,
+    list_models,
+    register,
+)
+from trainer.models.weights import LoadReport, load_weights, read_state_dict
+
+__all__ = [
+    "TIMM_PREFIX",
+    "DataDefaults",
+    "LoadReport",
+    "ModelEntry",
+    "Paper",
+    "create_model",
+    "data_defaults",
+    "get_entry",
+    "list_models",
+    "load_weights",
+    "read_state_dict",
+    "register",
+]

@@ -1,0 +1,107 @@
+"""train(cfg): build model, data and Lightning trainer from the composed config, fit, and write the results."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.builders import build_datamodule, build_model, build_module, build_trainer, effective_lr
+from trainer.engine import EpochThroughput
+from trainer.errors import CheckpointError, ConfigError
+
+RESUME_MODES = ("never", "auto")
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """This run's directory: Hydra's output dir when run through Hydra (sweeps included), else `run_dir`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.run_dir)
+
+
+def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.resume not in RESUME_MODES:
+        raise ConfigError(f"resume='{cfg.resume}' is not one of {', '.join(RESUME_MODES)}")
+    if cfg.ckpt_path:
+        if not Path(cfg.ckpt_path).is_file():
+            raise CheckpointError(f"ckpt_path '{cfg.ckpt_path}' does not exist")
+        return str(cfg.ckpt_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.resume == "auto" and last.is_file():
+        return str(last)
+    return None
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.data`; returns (and writes to <run_dir>/results.json) the final metrics."""
+    run_dir = output_dir(cfg)
+    cfg.run_dir = str(run_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_path = resume_path(cfg, run_dir)
+
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    classes = datamodule.classes
+    model = build_model(cfg, num_classes=len(classes))
+    module = build_module(cfg, model, classes)
+    trainer = build_trainer(cfg)
+    datamodule.trainer = trainer  # fit() attaches it too; attached now, a bad batch split fails before launch
+    per_device = datamodule.per_device_batch_size
+
+    params = sum(p.numel() for p in model.parameters())
+    rank_zero_info(
+        f"model {cfg.model.name}: {params / 1e6:.2f} M parameters, {len(classes)} classes; data {cfg.data.root} "
+        f"at {cfg.data.resolution}px (crop ratio {cfg.data.crop_ratio}); global batch {cfg.data.batch_size} "
+        f"({per_device} per device x {trainer.world_size}); "
+        f"lr {effective_lr(cfg):.6g} (optim.lr {cfg.optim.lr} for batch {cfg.optim.get('ref_batch_size')}, "
+        f"scaling {cfg.optim.get('lr_scaling', 'none')})" + (f"; resuming from {ckpt_path}" if ckpt_path else "")
+    )
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    wall_time = time.perf_counter() - start
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    throughput = next((c.history for c in trainer.callbacks if isinstance(c, EpochThroughput)), [])
+    checkpoint = trainer.checkpoint_callback
+    results = {
+        "model": cfg.model.name,
+        "top1": 100 * metrics.get("val/top1", float("nan")),
+        "top5": 100 * metrics.get("val/top5", float("nan")),
+        "val_loss": metrics.get("val/loss", float("nan")),
+        "best_top1": 100 * float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score else None,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "params": params,
+        "wall_time_s": wall_time,
+        "images_per_sec": statistics.median(throughput) if throughput else None,
+        "run_dir": str(run_dir),
+        "best_ckpt": checkpoint.best_model_path if checkpoint else None,
+        "last_ckpt": str(run_dir / "checkpoints" / "last.ckpt") if checkpoint else None,
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "results.json", results)
+        print(
+            f"val top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%  after {results['epochs']} epochs "
+            f"({wall_time:.0f} s)\nrun directory: {run_dir}",
+            flush=True,
+        )
+    return results

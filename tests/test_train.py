@@ -1,0 +1,194 @@
+"""Real training runs on the bundled sample set: outputs, resume, evaluation, kills and bad images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from tests.conftest import PYTHON, ROOT, compose_config, tiny_overrides
+from trainer.cli import EXIT_USER_ERROR, user_errors
+from trainer.errors import CheckpointError, DataError
+from trainer.evaluate import evaluate
+from trainer.train import train
+
+BATCHES = 4  # training batches per epoch in the short runs
+
+
+def _cfg(run_dir: Path, cache_dir: Path, *overrides: str, config_name: str = "train") -> DictConfig:
+    return compose_config(
+        [*tiny_overrides(run_dir, cache_dir), f"trainer.limit_train_batches={BATCHES}", *overrides], config_name
+    )
+
+
+def _metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, sample_root: Path) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=2"))
+    return run_dir, results
+
+
+def test_run_writes_its_outputs(trained) -> None:
+    run_dir, results = trained
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved == pytest.approx(results)
+    for key in ("top1", "top5", "epochs", "params", "wall_time_s", "images_per_sec"):
+        assert saved[key] is not None, key
+    assert saved["epochs"] == 2 and saved["global_step"] == 2 * BATCHES
+    assert saved["params"] == 11_181_642  # ResNet-18 with a 10-class head
+    assert 0 <= saved["top1"] <= saved["top5"] <= 100
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert "name: resnet18" in (run_dir / "config.yaml").read_text()
+    rows = _metric_rows(run_dir)
+    assert {r["epoch"] for r in rows if r["val/top1"]} == {"0", "1"}
+    assert float([r for r in rows if r["val/top1"]][-1]["val/top1"]) * 100 == pytest.approx(saved["top1"])
+
+
+def test_evaluate_reproduces_the_last_val_top1(trained, cache_dir: Path, tmp_path: Path) -> None:
+    run_dir, results = trained
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cfg = _cfg(tmp_path / "eval", cache_dir, f"ckpt={ckpt}", config_name="eval")
+    evaluated = evaluate(cfg, overrides=[f"ckpt={ckpt}"])
+    assert evaluated["top1"] == results["top1"]  # exactly: same weights, data, transforms and batches
+    assert evaluated["top5"] == results["top5"]
+    assert json.loads((run_dir / "eval_val.json").read_text())["top1"] == results["top1"]
+
+
+def test_evaluate_rejects_a_mismatched_model_or_data(
+    trained, cache_dir: Path, sample_root: Path, tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cfg = _cfg(tmp_path / "eval", cache_dir, f"ckpt={ckpt}", "model=resnet34", config_name="eval")
+    with pytest.raises(CheckpointError, match="holds a resnet18 that does not fit model resnet34"):
+        evaluate(cfg, overrides=[f"ckpt={ckpt}", "model=resnet34"])
+    # data with other classes: three of the ten digits
+    root = tmp_path / "three"
+    for split in ("train", "val"):
+        for digit in "012":
+            shutil.copytree(cache_dir / "sample_digits_32" / split / digit, root / split / digit)
+    overrides = [f"ckpt={ckpt}", f"data.root={root}", "data.num_classes=null", "data.sample=false"]
+    cfg = _cfg(tmp_path / "eval", cache_dir, *overrides, config_name="eval")
+    with pytest.raises(CheckpointError, match=r"has 10 classes but data .* has 3"):
+        evaluate(cfg, overrides=overrides)
+
+
+def test_resume_continues_at_the_right_epoch_and_step(trained, cache_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(trained[0], run_dir)
+    first = json.loads((run_dir / "results.json").read_text())
+    results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=3", "resume=auto"))
+    assert results["epochs"] == 3 and results["global_step"] == 3 * BATCHES
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 3 * BATCHES
+    rows = _metric_rows(run_dir)
+    val_epochs = [r["epoch"] for r in rows if r["val/top1"]]
+    assert val_epochs == ["0", "1", "2"]  # the history is kept, nothing logged twice
+    assert first["epochs"] == 2
+
+
+def test_ckpt_path_resumes_into_a_new_run_dir(trained, cache_dir: Path, tmp_path: Path) -> None:
+    ckpt = trained[0] / "checkpoints" / "last.ckpt"
+    results = train(_cfg(tmp_path / "new", cache_dir, "trainer.max_epochs=3", f"ckpt_path={ckpt}"))
+    assert results["epochs"] == 3 and results["global_step"] == 3 * BATCHES
+
+
+def test_undecodable_image_is_named_or_skipped(cache_dir: Path, sample_root: Path, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "digits"  # a small copy: 2 classes x 24 images per split
+    for split in ("train", "val"):
+        for digit in "37":
+            (root / split / digit).mkdir(parents=True)
+            for image in sorted((sample_root / split / digit).iterdir())[:24]:
+                shutil.copy(image, root / split / digit)
+    bad = sorted((root / "train" / "3").iterdir())[0]
+    bad.write_bytes(b"not a jpeg")
+    data = [
+        f"data.root={root}",
+        "data.sample=false",
+        "data.num_classes=2",
+        "trainer.limit_train_batches=null",
+        "data.batch_size=16",
+        "callbacks=none",
+    ]
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        train(_cfg(tmp_path / "run1", cache_dir, *data))
+    assert exit_info.value.code == EXIT_USER_ERROR
+    assert f"cannot decode image '{bad}'" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match=r"skipped 1 undecodable image\(s\) in epoch 0"):
+        results = train(_cfg(tmp_path / "run2", cache_dir, *data, "data.skip_bad_images=true"))
+    assert results["epochs"] == 1
+    with pytest.raises(DataError):  # the same through DataLoader workers, re-raised in the main process
+        train(_cfg(tmp_path / "run3", cache_dir, *data, "data.num_workers=1", "data.persistent_workers=false"))
+
+
+@pytest.mark.slow
+def test_kill_during_training_then_resume(cache_dir: Path, sample_root: Path, tmp_path: Path) -> None:
+    """SIGKILL a real `python train.py` right after it has rewritten last.ckpt (while it may be writing the next),
+    then check the checkpoint is whole and `resume=auto` continues from it."""
+    run_dir = tmp_path / "run"
+    args = [
+        PYTHON,
+        str(ROOT / "train.py"),
+        *tiny_overrides(run_dir, cache_dir),
+        "trainer.max_epochs=50",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+    ]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        deadline, seen = time.time() + 180, set()
+        while time.time() < deadline and len(seen) < 3 and proc.poll() is None:
+            if last.exists():
+                seen.add(last.stat().st_mtime_ns)
+            time.sleep(0.01)
+        assert len(seen) >= 3, "training never wrote last.ckpt three times"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    epoch = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    results = train(
+        _cfg(
+            run_dir,
+            cache_dir,
+            f"trainer.max_epochs={epoch + 2}",
+            "resume=auto",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+        )
+    )
+    assert results["epochs"] == epoch + 2
+    assert not [p for p in last.parent.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+@pytest.mark.slow
+def test_main_job_reaches_90_percent(cache_dir: Path, sample_root: Path, tmp_path: Path) -> None:
+    """`python train.py` with no arguments (only where it writes redirected): >= 90% val top-1 on the sample set."""
+    start = time.time()
+    proc = subprocess.run(
+        [PYTHON, str(ROOT / "train.py"), f"run_dir={tmp_path}/run", f"paths.cache_dir={cache_dir}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    elapsed = time.time() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["top1"] >= 90.0, results
+    assert f"val top-1 {results['top1']:.2f}%" in proc.stdout and f"run directory: {tmp_path}/run" in proc.stdout
+    print(f"main job: {results['top1']:.2f}% top-1 in {elapsed:.0f} s")

@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+"""Train a backbone: `python train.py [group=option ...] [key=value ...]` (see conf/train.yaml and the README)."""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from trainer.cli import prepare, user_errors
+from trainer.train import train
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        train(cfg)
+
+
+if __name__ == "__main__":
+    prepare(CONF_DIR, "train")
+    main()
