@@ -27,7 +27,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint '{path}': {type(e).__name__}: {e}") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"cannot read checkpoint '{path}': {type(e).__name__}: {reason}") from None
     if not isinstance(checkpoint, dict) or "trainer_config" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"'{path}' is not a checkpoint written by train.py (no saved config)")
     return checkpoint

@@ -10,26 +10,29 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 
 class EpochThroughput(L.Callback):
-    """Logs `train/images_per_sec`: training images of the epoch over the epoch's wall time (validation excluded).
+    """Logs `train/images_per_sec`: the epoch's training images over the time from the epoch's start to its last
+    training batch (validation, which Lightning runs before `on_train_epoch_end`, is excluded).
 
     Lightning's ThroughputMonitor measures every step and synchronises the device each time; an epoch-level
     figure needs neither, so the training step stays free of host syncs.
     """
 
     def __init__(self) -> None:
-        self._start = 0.0
+        self._start = self._last = 0.0
         self._images = 0
         self.history: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._images = 0
-        self._start = time.perf_counter()
+        self._start = self._last = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._images += len(batch[1])
+        if batch is not None:
+            self._images += len(batch[1])
+        self._last = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        elapsed = time.perf_counter() - self._start
+        elapsed = self._last - self._start
         if elapsed <= 0 or self._images == 0:
             return
         # every rank processes its share: the global rate is the per-rank rate times the world size

@@ -58,7 +58,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file: say which
-        raise CheckpointError(f"cannot read weights file '{path}': {type(e).__name__}: {e}") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"cannot read weights file '{path}': {type(e).__name__}: {reason}") from None
     for key in _STATE_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -67,9 +68,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"'{path}' holds no state_dict of tensors")
     state = {}
     for k, v in obj.items():
-        for prefix in _WRAPPER_PREFIXES:
-            while k.startswith(prefix):
-                k = k[len(prefix) :]
+        while k.startswith(_WRAPPER_PREFIXES):  # in any order: "model._orig_mod.module.x" -> "x"
+            k = k[k.index(".") + 1 :]
         state[k] = v
     return state
 

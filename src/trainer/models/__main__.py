@@ -1,0 +1,38 @@
+"""`python -m trainer.models [pattern]`: the catalogue as a table."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from trainer.models import get_entry, list_models
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trainer.models", description=__doc__)
+    parser.add_argument("pattern", nargs="?", default=None, help="shell-style wildcard, e.g. 'resnet*'")
+    args = parser.parse_args(argv)
+    table = Table(title="model catalogue (model=<name>; any timm model: model=timm/<name>)")
+    for column in ("name", "family", "paper", "params (M)", "resolution", "crop", "paper top-1", "recipe", "source"):
+        table.add_column(column)
+    for name in list_models(args.pattern):
+        e = get_entry(name)
+        top1 = f"{e.top1:.2f} ({e.protocol})" if e.top1 is not None else "-"
+        table.add_row(
+            name,
+            e.family,
+            f"{e.paper.authors.split(',')[0]} et al. {e.paper.year}",
+            f"{e.params / 1e6:.2f}",
+            str(e.resolution),
+            f"{e.crop_ratio:g}",
+            top1,
+            e.recipe,
+            e.source,
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
