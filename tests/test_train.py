@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from tests.conftest import PYTHON, ROOT, compose_config, tiny_overrides
 from trainer.cli import EXIT_USER_ERROR, user_errors
+from trainer.engine.checkpoint_io import _umask
 from trainer.errors import CheckpointError, DataError
 from trainer.evaluate import evaluate
 from trainer.train import train
@@ -99,6 +100,16 @@ def test_resume_continues_at_the_right_epoch_and_step(trained, cache_dir: Path, 
     val_epochs = [r["epoch"] for r in rows if r["val/top1"]]
     assert val_epochs == ["0", "1", "2"]  # the history is kept, nothing logged twice
     assert first["epochs"] == 2
+
+
+def test_last_ckpt_is_rewritten_every_epoch(cache_dir: Path, sample_root: Path, tmp_path: Path) -> None:
+    # with lr 0 val top-1 never improves after epoch 0, so best.ckpt stays at epoch 0 while last.ckpt moves on
+    train(_cfg(tmp_path, cache_dir, "trainer.max_epochs=2", "optim.lr=0", "trainer.limit_train_batches=1"))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (1, 2)
+    assert best["epoch"] == 0
+    assert oct((tmp_path / "checkpoints" / "last.ckpt").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
 def test_ckpt_path_resumes_into_a_new_run_dir(trained, cache_dir: Path, tmp_path: Path) -> None:
