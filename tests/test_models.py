@@ -14,7 +14,6 @@ import timm
 import torch
 import torch.nn as nn
 import torchvision
-from torch.utils.flop_counter import FlopCounterMode
 
 from trainer.errors import CheckpointError, ConfigError
 from trainer.models import (
@@ -27,6 +26,7 @@ from trainer.models import (
     read_state_dict,
     register,
 )
+from trainer.models.complexity import count_macs, meta_model
 from trainer.models.layers import LocalResponseNorm
 
 ALL_MODELS = list_models()
@@ -71,14 +71,9 @@ def _reference(name: str, field: str) -> float:
     return value
 
 
-# The smallest input a network accepts where it is above 32 (AlexNet: three unpadded 3x3/2 max-pools after the
-# stride-4 conv1 need 63 px).
-MIN_RESOLUTION = {"alexnet": 63}
-
-
 def _small_resolution(name: str) -> int:
     """The entry's minimum, at least 32, rounded up to a multiple of 32: resnets 32, AlexNet 64."""
-    return 32 * math.ceil(max(MIN_RESOLUTION.get(name, 32), 32) / 32)
+    return 32 * math.ceil(max(get_entry(name).min_resolution, 32) / 32)
 
 
 def _num_params(model: nn.Module) -> int:
@@ -86,16 +81,11 @@ def _num_params(model: nn.Module) -> int:
 
 
 def _meta_model(name: str, **kwargs) -> nn.Module:
-    """Shapes only: on the meta device nothing is allocated or initialised, so the large nets build in milliseconds."""
-    with torch.device("meta"):
-        return create_model(name, **kwargs)
+    return meta_model(name, **kwargs)
 
 
 def _macs(model: nn.Module, resolution: int) -> int:
-    """Multiply-adds of one image: FlopCounterMode counts convolutions and matrix products, 2 FLOPs per MAC."""
-    with FlopCounterMode(display=False) as counter:
-        model(torch.empty(1, 3, resolution, resolution, device="meta"))
-    return counter.get_total_flops() // 2
+    return count_macs(model, resolution)
 
 
 def _assert_one_line_naming(exc: pytest.ExceptionInfo, text: str) -> None:
@@ -465,3 +455,13 @@ def test_unreadable_files_raise_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as exc:
         read_state_dict(no_tensors)
     _assert_one_line_naming(exc, str(no_tensors))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_min_resolution_is_the_smallest_that_runs(name: str) -> None:
+    """entry.min_resolution runs; one pixel less fails (or the entry says 32, the floor for every backbone)."""
+    model, smallest = meta_model(name), get_entry(name).min_resolution
+    count_macs(model, smallest)
+    if smallest > 32:
+        with pytest.raises(RuntimeError):
+            count_macs(model, smallest - 1)

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trainer.models import get_entry, list_models
+from trainer.models.complexity import complexity
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,16 +16,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("pattern", nargs="?", default=None, help="shell-style wildcard, e.g. 'resnet*'")
     args = parser.parse_args(argv)
     table = Table(title="model catalogue (model=<name>; any timm model: model=timm/<name>)")
-    for column in ("name", "family", "paper", "params (M)", "resolution", "crop", "paper top-1", "recipe", "source"):
+    columns = (
+        "name",
+        "family",
+        "paper",
+        "params (M)",
+        "GMACs",
+        "resolution",
+        "crop",
+        "paper top-1",
+        "recipe",
+        "source",
+    )
+    for column in columns:
         table.add_column(column)
     for name in list_models(args.pattern):
         e = get_entry(name)
         top1 = f"{e.top1:.2f} ({e.protocol})" if e.top1 is not None else "-"
+        params, macs = complexity(name)  # measured, not stored
         table.add_row(
             name,
             e.family,
             f"{e.paper.authors.split(',')[0]} et al. {e.paper.year}",
-            f"{e.params / 1e6:.2f}",
+            f"{params / 1e6:.2f}",
+            f"{macs / 1e9:.2f}",
             str(e.resolution),
             f"{e.crop_ratio:g}",
             top1,

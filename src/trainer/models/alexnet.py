@@ -181,6 +181,7 @@ register(
         paper=PAPER,
         params=60_965_224,
         recipe="alexnet",
+        min_resolution=63,  # conv1 11x11/4, then three unpadded 3x3/2 max-pools
         top1=59.3,
         top5=81.8,
         protocol="10-crop (one CNN, ILSVRC-2012 val)",

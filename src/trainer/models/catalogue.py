@@ -40,6 +40,7 @@ class ModelEntry:
     resolution: int = 224
     crop_ratio: float = 0.875  # eval: resize shorter side to resolution / crop_ratio, then center crop
     interpolation: str = "bilinear"
+    min_resolution: int = 32  # the smallest input the architecture accepts
     top1: float | None = None  # the paper's reported accuracy, %
     top5: float | None = None
     protocol: str = "1-crop"  # how the paper measured top1/top5
