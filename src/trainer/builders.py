@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
 from trainer.errors import ConfigError
 from trainer.models import create_model, data_defaults, load_weights
+from trainer.models.catalogue import check_resolution
+from trainer.models.regularization import DROP_PATH_MODES, apply_linear_decay, drop_path_modules, set_drop_path_mode
 
 _MODEL_DEFAULTED = ("resolution", "crop_ratio", "interpolation", "mean", "std")
 
@@ -34,7 +36,15 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
-    """The backbone for `cfg.model`, with `init_from` weights loaded and the memory format set."""
+    """The backbone for `cfg.model`, with its drop-path mode, `init_from` weights loaded and the memory format set.
+
+    A `data.resolution` below what the model accepts fails here, before any training.
+    """
+    mode = cfg.model.get("drop_path_mode", "row")
+    if mode not in DROP_PATH_MODES:
+        raise ConfigError(f"model.drop_path_mode='{mode}' is not one of {', '.join(DROP_PATH_MODES)}")
+    if cfg.get("data") is not None and cfg.data.get("resolution") is not None:
+        check_resolution(cfg.model.name, cfg.data.resolution)
     kwargs: dict[str, Any] = dict(cfg.model.kwargs)
     for key in ("drop_rate", "drop_path_rate"):
         if cfg.model.get(key) is not None:
@@ -43,11 +53,27 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
         model = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
     except TypeError as e:  # an argument the model's constructor does not take
         raise ConfigError(f"model '{cfg.model.name}' does not accept {e}".replace("__init__() got ", "")) from None
+    if mode == "batch":
+        _batch_stochastic_depth(model, cfg.model.name, cfg.model.drop_path_rate)
     if cfg.model.init_from:
         rank_zero_info(load_weights(model, cfg.model.init_from).summary())
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _batch_stochastic_depth(model: nn.Module, name: str, drop_path_rate: float | None) -> None:
+    """The paper's stochastic depth: BatchDropPath in place of timm's DropPath, and the linear-decay rule with
+    p_L = 1 - drop_path_rate over the blocks that have drop-path (timm builds none where its rate is 0)."""
+    modules = drop_path_modules(model)
+    if not modules:
+        raise ConfigError(
+            f"model.drop_path_mode=batch: model '{name}' was built without drop-path modules; "
+            f"set model.drop_path_rate > 0 (the deepest block's drop rate, 1 - p_L; the paper uses 0.5)"
+        )
+    final_rate = drop_path_rate if drop_path_rate is not None else max(m.drop_prob for m in modules)
+    set_drop_path_mode(model, "batch")
+    apply_linear_decay(model, 1.0 - final_rate)
 
 
 def effective_lr(cfg: DictConfig) -> float:

@@ -27,6 +27,10 @@ class ConfigError(UserError):
     """A configuration value or name is wrong."""
 
 
+class InputSizeError(ConfigError, RuntimeError):
+    """An input smaller than the model accepts (a RuntimeError too: it is raised from the forward pass)."""
+
+
 class DataError(UserError):
     """A data folder or file is missing, malformed or unreadable."""
 

@@ -4,7 +4,23 @@
 `list_models(pattern)` lists the catalogue. Importing this package registers every family.
 """
 
-from trainer.models import alexnet, resnet  # noqa: F401  (registers the families)
+from trainer.models import (  # noqa: F401  (registers the families)
+    alexnet,
+    darknet,
+    densenet,
+    efficientnet,
+    inception_v3,
+    inception_v4,
+    mobilenet_v1,
+    mobilenet_v2,
+    nasnet,
+    preact_resnet,
+    resnet,
+    resnext,
+    vgg,
+    wide_resnet,
+    xception,
+)
 from trainer.models.catalogue import (
     TIMM_PREFIX,
     DataDefaults,

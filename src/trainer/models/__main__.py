@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> None:
             e.recipe,
             e.source,
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: no wrapping, the table is for reading or grepping
+        console = Console(width=220)
+    console.print(table)
 
 
 if __name__ == "__main__":

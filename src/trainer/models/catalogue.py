@@ -7,18 +7,36 @@ the family's recipe, and the parameter count (checked against the built model by
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import timm
+import torch
 import torch.nn as nn
 
-from trainer.errors import ConfigError, close_matches
+from trainer.errors import ConfigError, InputSizeError, close_matches
 
 TIMM_PREFIX = "timm/"
+# what timm.create_model and build_model_with_cfg consume themselves, beside the model class's own arguments
+_BUILDER_KWARGS = frozenset(
+    {
+        *(
+            n
+            for n in inspect.signature(timm.create_model).parameters
+            if n not in ("model_name", "pretrained", "kwargs")
+        ),
+        "features_only",
+        "out_indices",
+        "feature_cls",
+    }
+)
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
 
 @dataclass(frozen=True)
@@ -107,15 +125,100 @@ def _timm_name(name: str) -> tuple[str, dict[str, Any]]:
     return entry.builder, dict(entry.kwargs)
 
 
+def _init_arguments(cls: type) -> set[str]:
+    """The keyword arguments `cls(...)` takes: its __init__'s, its bases' where it passes **kwargs on, and the
+    fields of a `cfg` dataclass that timm overlays **kwargs onto (RegNet, CspNet, ByobNet)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is nn.Module or "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind not in _VARIADIC and p.name != "self"}
+        cfg = next((p.annotation for p in params if p.name == "cfg"), None)
+        if isinstance(cfg, type) and dataclasses.is_dataclass(cfg):
+            names |= {f.name for f in dataclasses.fields(cfg)}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+@functools.cache
+def accepted_kwargs(name: str) -> frozenset[str] | None:
+    """The constructor arguments `create_model(name, ...)` accepts: the model class's (found by building the model
+    on the meta device, so no weights are allocated) and those timm's builder takes itself. None where the model
+    cannot be built on the meta device (then timm's own checks are all there is)."""
+    timm_name, defaults = _timm_name(name)
+    try:
+        with torch.device("meta"):
+            model_cls = type(timm.create_model(timm_name, pretrained=False, **defaults))
+    except Exception:
+        return None
+    return frozenset(_init_arguments(model_cls) | _BUILDER_KWARGS)
+
+
+def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise a one-line ConfigError for an argument the model does not take. timm would drop some silently (any
+    value None, and anything a model's **kwargs swallows); here every one is checked against the constructor."""
+    accepted = accepted_kwargs(name) if kwargs else None
+    if accepted is None:
+        return
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"model '{name}' does not accept {', '.join(unknown)}; it accepts: {', '.join(sorted(accepted))}"
+        )
+
+
+class MinResolutionCheck:
+    """A forward pre-hook: an input smaller than the architecture accepts fails with one line naming the model and
+    its minimum, not with a shape error from deep inside the network."""
+
+    def __init__(self, name: str, min_resolution: int) -> None:
+        self.name, self.min_resolution = name, min_resolution
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.ndim == 4 and min(x.shape[-2:]) < self.min_resolution:
+            raise InputSizeError(
+                f"model '{self.name}' needs inputs of at least {self.min_resolution}x{self.min_resolution} pixels; "
+                f"got {x.shape[-2]}x{x.shape[-1]}"
+            )
+
+
+def _aux_heads_in_training_only(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """A forward pre-hook for timm's Inception v3 built with `aux_logits=True`, which otherwise returns
+    (main, aux) in eval mode too: the auxiliary head runs in training only, so eval returns the main logits
+    (and runs below the 299 px the auxiliary head needs)."""
+    module.aux_logits = module.training and module.AuxLogits is not None
+
+
+def check_resolution(name: str, resolution: int) -> None:
+    """A configured input resolution below what catalogue model `name` accepts: a one-line ConfigError."""
+    if name.startswith(TIMM_PREFIX):
+        return  # timm's own models carry no minimum
+    smallest = get_entry(name).min_resolution
+    if resolution < smallest:
+        raise ConfigError(f"model '{name}' needs a resolution of at least {smallest} px; data.resolution={resolution}")
+
+
 def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> nn.Module:
     """Build a catalogue model (or `timm/<name>` for any timm model) through `timm.create_model`.
 
-    kwargs go to the model's constructor (e.g. `drop_rate`, `features_only=True`) over the entry's own defaults.
+    kwargs go to the model's constructor (e.g. `drop_rate`, `features_only=True`) over the entry's own defaults;
+    one the constructor does not take raises a ConfigError naming the accepted ones. A catalogue model refuses
+    inputs below its entry's `min_resolution` (a forward pre-hook). Auxiliary heads (`aux_logits=True`) run in
+    training only: the model returns (main, aux) in training and the main logits in eval.
     """
     timm_name, defaults = _timm_name(name)
-    return timm.create_model(
+    check_kwargs(name, kwargs)
+    model = timm.create_model(
         timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **{**defaults, **kwargs}
     )
+    if not name.startswith(TIMM_PREFIX):
+        model.register_forward_pre_hook(MinResolutionCheck(name, get_entry(name).min_resolution))
+    if getattr(model, "aux_logits", False) is True and hasattr(model, "AuxLogits"):  # timm's Inception v3
+        model.register_forward_pre_hook(_aux_heads_in_training_only)
+    return model
 
 
 def data_defaults(name: str) -> DataDefaults:

@@ -1,5 +1,6 @@
 """Shared layers that timm does not already provide."""
 
+from trainer.models.layers.drop_path import BatchDropPath
 from trainer.models.layers.lrn import LocalResponseNorm
 
-__all__ = ["LocalResponseNorm"]
+__all__ = ["BatchDropPath", "LocalResponseNorm"]
