@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 
 from trainer.builders import build_datamodule, build_model, fill_data_defaults
 from trainer.cli import prepare
+from trainer.engine import split_outputs
 from trainer.train import train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -88,8 +89,8 @@ def hand_epochs(overrides: Sequence[str], epochs: int) -> list[Epoch]:
         steps = images = 0
         start = last = time.perf_counter()
         for inputs, targets in loader:
-            outputs = model(inputs.contiguous(memory_format=memory_format))
-            loss = F.cross_entropy(outputs, targets, label_smoothing=cfg.loss.label_smoothing)
+            logits = split_outputs(model(inputs.contiguous(memory_format=memory_format)))[0]  # auxiliary heads: unused
+            loss = F.cross_entropy(logits, targets, label_smoothing=cfg.loss.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
