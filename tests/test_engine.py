@@ -163,3 +163,20 @@ def test_failed_checkpoint_write_keeps_last_good_file(tmp_path) -> None:
         atomic_torch_save({"epoch": 2, "w": torch.zeros(1000), "bad": _Unpicklable()}, path)
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_channels_last_model_and_inputs(tiny_cfg) -> None:
+    from trainer.builders import build_model, build_module
+
+    cfg = tiny_cfg("model.channels_last=true")
+    model = build_model(cfg, num_classes=10)
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    module = build_module(cfg, model, [str(i) for i in range(10)])
+    reference = create_model("resnet18", num_classes=10)
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    module.eval()
+    reference.eval()
+    with torch.no_grad():  # same outputs as the contiguous model, within float tolerance
+        torch.testing.assert_close(module(x.contiguous(memory_format=torch.channels_last)), reference(x))
+    assert module.memory_format == torch.channels_last

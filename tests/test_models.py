@@ -185,14 +185,18 @@ def test_every_family_runs_forward_in_the_fast_set() -> None:
 
 @pytest.mark.parametrize("name", FORWARD_CASES)
 def test_forward_backward(name: str) -> None:
+    """One real training step (forward, cross-entropy, backward, SGD step) at the smallest resolution that runs."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=10)
     x = torch.randn(2, 3, _small_resolution(name), _small_resolution(name))
     out = model.train()(x)
     assert out.shape == (2, 10)
-    out.sum().backward()
+    nn.functional.cross_entropy(out, torch.tensor([1, 7])).backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    before = model.get_classifier().weight.detach().clone()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not torch.equal(before, model.get_classifier().weight), "the step changed the classifier"
     with torch.no_grad():
         out = model.eval()(x)
     assert isinstance(out, torch.Tensor), "eval mode returns logits only (no auxiliary outputs)"
