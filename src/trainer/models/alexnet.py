@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from trainer.models.catalogue import ModelEntry, Paper, register
+from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.layers import LocalResponseNorm
 
 
@@ -145,24 +144,9 @@ def _create_alexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> Al
     )
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (6, 6),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "fc",
-        "paper_ids": "NeurIPS 2012",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({"alexnet": _cfg()})
+default_cfgs = generate_default_cfgs(
+    {"alexnet": pretrained_cfg(pool_size=(6, 6), first_conv="stem.conv", classifier="fc", paper_ids="NeurIPS 2012")}
+)
 
 
 @register_model

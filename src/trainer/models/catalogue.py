@@ -19,6 +19,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from trainer.errors import ConfigError, InputSizeError, close_matches
 
@@ -79,6 +80,21 @@ class DataDefaults:
     interpolation: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+
+def pretrained_cfg(**overrides: Any) -> dict[str, Any]:
+    """timm's pretrained_cfg for a network registered here: no weights to fetch, ImageNet input at 224 px."""
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        **overrides,
+    }
 
 
 _CATALOGUE: dict[str, ModelEntry] = {}

@@ -13,28 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from timm.models.densenet import DenseNet, _create_densenet
 
-from trainer.models.catalogue import ModelEntry, Paper, register
+from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 
 default_cfgs = generate_default_cfgs(
-    {
-        "densenet264": {
-            "url": "",
-            "num_classes": 1000,
-            "input_size": (3, 224, 224),
-            "pool_size": (7, 7),
-            "crop_pct": 0.875,
-            "interpolation": "bilinear",
-            "mean": IMAGENET_DEFAULT_MEAN,
-            "std": IMAGENET_DEFAULT_STD,
-            "first_conv": "features.conv0",
-            "classifier": "classifier",
-            "paper_ids": "arXiv:1608.06993",
-        }
-    }
+    {"densenet264": pretrained_cfg(first_conv="features.conv0", classifier="classifier", paper_ids="arXiv:1608.06993")}
 )
 
 

@@ -24,23 +24,18 @@ from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import generate_default_cfgs, register_model
 from timm.models.efficientnet import EfficientNet, _gen_mobilenet_v1
 
-from trainer.models.catalogue import ModelEntry, Paper, register
+from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 
 
 def _cfg() -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_INCEPTION_MEAN,
-        "std": IMAGENET_INCEPTION_STD,
-        "first_conv": "conv_stem",
-        "classifier": "classifier",
-        "paper_ids": "arXiv:1704.04861",
-    }
+    # timm's mobilenetv1_100 normalises with the Inception mean/std; the other widths follow it
+    return pretrained_cfg(
+        mean=IMAGENET_INCEPTION_MEAN,
+        std=IMAGENET_INCEPTION_STD,
+        first_conv="conv_stem",
+        classifier="classifier",
+        paper_ids="arXiv:1704.04861",
+    )
 
 
 default_cfgs = generate_default_cfgs({"mobilenetv1_075": _cfg(), "mobilenetv1_050": _cfg(), "mobilenetv1_025": _cfg()})
