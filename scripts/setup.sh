@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Set up everything the project needs in a virtual environment (default .venv): PyTorch, then the package with
-# its dev extras. Safe to run again. TORCH_SPEC chooses the PyTorch build (default: the one this project's
-# machines and CI use; elsewhere e.g. TORCH_SPEC="torch torchvision").
+# Set up everything the project needs in a virtual environment (default .venv): the system packages FFCV builds
+# against, PyTorch, then the package with its dev and ffcv extras. Safe to run again. TORCH_SPEC chooses the
+# PyTorch build (default: the one this project's machines and CI use; elsewhere e.g. TORCH_SPEC="torch torchvision").
 set -euo pipefail
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
 torch_spec="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "error: Python >= 3.10 required" >&2; exit 1; }
+
+# System packages: FFCV's build needs a JPEG and an OpenCV library. Installed when missing and we are root on a
+# Debian/Ubuntu machine (CI, containers); elsewhere the line to run is printed and the ffcv extra is skipped.
+extras="dev,ffcv"
+apt_packages="pkg-config libturbojpeg0-dev libopencv-dev"
+missing=""
+for p in $apt_packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing Debian packages:$missing"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    else
+        echo "warning: FFCV needs the system packages:$missing (sudo apt-get install$missing); setting up without ffcv" >&2
+        extras="dev"
+    fi
+fi
+
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # shellcheck disable=SC2086
 "$venv/bin/python" -m pip install --quiet $torch_spec
-"$venv/bin/python" -m pip install --quiet -e ".[dev]"
+"$venv/bin/python" -m pip install --quiet -e ".[$extras]"
 "$venv/bin/python" -c 'import torch, torchvision, timm, lightning, hydra; print(f"torch {torch.__version__}, timm {timm.__version__}, lightning {lightning.__version__}")'

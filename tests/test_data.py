@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import copy
 import pickle
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from tests.conftest import CONF_DIR
+from trainer.builders import build_datamodule
 from trainer.data import ImageFolderDataModule, validate_layout, write_sample_set
 from trainer.data.folder import ImageFolderDataset, SkipCounter, collate_skipping_bad
+from trainer.data.transforms import build_train_transform
 from trainer.errors import ConfigError, DataError, UserError
 
 MEAN = (0.5, 0.25, 0.1)
@@ -345,3 +352,120 @@ def test_sample_datamodule_writes_the_set_on_a_fresh_machine(tmp_path: Path) -> 
     assert (root / ".complete").is_file()
     with Image.open(next((root / "train" / "0").glob("*.jpg"))) as image:
         assert image.size == (8, 8)
+
+
+# --- training augmentation (trainer.data.transforms) --------------------------------------------------------------
+
+
+def _photo(width: int = 400, height: int = 300, seed: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _augment(**overrides):
+    base = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "augment" / "imagenet.yaml"))
+    base.update(scale=[0.08, 1.0], ratio=[0.75, 4 / 3], hflip=0.5)
+    base.update(overrides)
+    return base
+
+
+def test_lighting_adds_one_pca_offset_per_image_with_the_papers_spread() -> None:
+    from trainer.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, Lighting
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 8, 8)
+    shifts = torch.stack([(Lighting(0.1)(image) - image)[:, 0, 0] for _ in range(4000)])
+    # every pixel gets the same RGB offset, and the offsets lie in the PCA basis with std 0.1 * eigenvalue
+    once = Lighting(0.1)(image) - image
+    assert torch.allclose(once, once[:, :1, :1].expand_as(once))
+    coords = shifts @ torch.tensor(IMAGENET_PCA_EIGVEC)  # alpha_i * lambda_i along each eigenvector
+    expected = 0.1 * torch.tensor(IMAGENET_PCA_EIGVAL)
+    assert coords.std(0) == pytest.approx(expected, rel=0.06)
+    assert coords.mean(0).abs().max() < 3 * expected.max() / 4000**0.5
+    assert torch.equal(Lighting(0.0)(image), image)
+
+
+def test_scale_jitter_draws_the_shorter_side_from_the_range() -> None:
+    from trainer.data.transforms import ScaleJitter
+
+    random.seed(0)
+    jitter = ScaleJitter(256, 512, T.InterpolationMode.BILINEAR)
+    sides = [min(jitter(_photo()).size) for _ in range(200)]
+    assert min(sides) >= 256 and max(sides) <= 512
+    assert min(sides) < 290 and max(sides) > 480  # spans the range (uniform integers)
+    transform = build_train_transform(
+        _augment(crop="scale_jitter", jitter_sizes=[256, 480]),
+        resolution=224,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        interpolation="bilinear",
+    )
+    assert transform(_photo()).shape == (3, 224, 224)
+
+
+def test_paper_pixel_sizes_scale_with_the_resolution() -> None:
+    transform = build_train_transform(
+        _augment(crop="scale_jitter", jitter_sizes=[256, 512]),
+        resolution=112,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        interpolation="bilinear",
+    )
+    jitter = transform.transforms[0]
+    assert (jitter.low, jitter.high) == (128, 256)
+    alexnet = build_train_transform(
+        _augment(crop="resize_random", resize=256),
+        resolution=112,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        interpolation="bilinear",
+    )
+    assert alexnet.transforms[0].size == (128, 128) and alexnet(_photo()).shape == (3, 112, 112)
+
+
+@pytest.mark.parametrize("policy", ["original", "v0", "rand-m9-mstd0.5"])
+def test_auto_augment_policies_keep_shapes_and_change_pixels(policy: str) -> None:
+    torch.manual_seed(0)
+    random.seed(0)
+    transform = build_train_transform(
+        _augment(crop="random_resized", scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0, auto_augment=policy),
+        resolution=64,
+        mean=(0.0,) * 3,
+        std=(1.0,) * 3,
+        interpolation="bilinear",
+    )
+    plain = build_train_transform(
+        _augment(crop="random_resized", scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0),
+        resolution=64,
+        mean=(0.0,) * 3,
+        std=(1.0,) * 3,
+        interpolation="bilinear",
+    )
+    image = _photo(64, 64)
+    outs = [transform(image) for _ in range(10)]
+    assert all(o.shape == (3, 64, 64) for o in outs)
+    assert any(not torch.allclose(o, plain(image)) for o in outs), "the policy changed some images"
+
+
+def test_bad_augment_values_name_the_key() -> None:
+    kwargs = dict(resolution=64, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear")
+    for overrides, key in (
+        ({"crop": "zoom"}, "augment.crop"),
+        ({"auto_augment": "nonsense"}, "augment.auto_augment"),
+        ({"color_jitter": [0.1, 0.2]}, "augment.color_jitter"),
+        ({"crop": "scale_jitter", "jitter_sizes": [300, 200]}, "augment.jitter_sizes"),
+    ):
+        with pytest.raises(ConfigError) as exc:
+            build_train_transform(_augment(**overrides), **kwargs)
+        assert key in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_recipe_augment_wins_over_the_data_sets_own(tiny_cfg) -> None:
+    cfg = tiny_cfg("augment=alexnet")
+    datamodule = build_datamodule(cfg)
+    merged = datamodule.train_augment()
+    assert merged["crop"] == "resize_random" and merged["hflip"] == 0.5 and merged["lighting_std"] == 0.1
+    plain = build_datamodule(tiny_cfg()).train_augment()
+    assert plain["hflip"] == cfg.data.hflip == 0.0 and plain["scale"] == tuple(cfg.data.train_scale)

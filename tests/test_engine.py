@@ -145,6 +145,129 @@ def test_cosine_per_step_with_warmup_matches_closed_form() -> None:
     assert lrs == pytest.approx(expected)
 
 
+def test_exponential_every_fractional_period() -> None:
+    # NASNet's / EfficientNet's 0.97 every 2.4 epochs, per step: lr = 0.1 * 0.97 ** floor(t / 2.4)
+    lrs = _lr_curve("exponential", "step", epochs=8, per_epoch=5, decay_epochs=2.4, decay_rate=0.97)
+    assert lrs == pytest.approx([0.1 * 0.97 ** math.floor((i / 5) / 2.4) for i in range(40)])
+
+
+@pytest.mark.parametrize("power", [0.5, 4.0])
+def test_poly_matches_closed_form(power: float) -> None:
+    # SqueezeNet (power 0.5) and Darknet (power 4): lr = 0.1 (1 - t / T) ^ power, per step
+    lrs = _lr_curve("poly", "step", epochs=3, per_epoch=4, power=power)
+    assert lrs == pytest.approx([0.1 * (1 - t / 12) ** power for t in range(12)])
+
+
+def test_linear_with_warmup_prefix_is_ffcvs_ramp() -> None:
+    # FFCV: 0 -> peak at the end of epoch 2 (warm-up), then linearly to 0 at the end of epoch 8 (np.interp form)
+    lrs = _lr_curve("linear", "step", epochs=8, per_epoch=5, warmup_epochs=2, warmup_prefix=True)
+    expected = [0.1 * t / 10 if t < 10 else 0.1 * (1 - (t - 10) / 30) for t in range(40)]
+    assert lrs == pytest.approx(expected)
+    assert max(lrs) == pytest.approx(0.1)
+
+
+def test_plateau_divides_when_the_metric_stops_improving() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = create_scheduler(
+        opt, num_epochs=20, updates_per_epoch=1, sched="plateau", patience_epochs=1, decay_rate=0.1, min_lr=1e-4
+    )
+    assert scheduler.monitor == "val/top1"
+    lrs = []
+    for epoch, top1 in enumerate([0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3], start=1):
+        scheduler.step(epoch=epoch, metric=top1)
+        lrs.append(opt.param_groups[0]["lr"])
+    # improving for 3 epochs, then one cut per 2 epochs without improvement (patience 1), floored at min_lr
+    assert lrs[:3] == pytest.approx([0.1] * 3)
+    assert lrs[4] == pytest.approx(0.01) and lrs[6] == pytest.approx(0.001) and lrs[-1] == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="interval=epoch"):
+        create_scheduler(opt, num_epochs=2, updates_per_epoch=1, sched="plateau", interval="step")
+
+
+def test_plateau_state_survives_a_checkpoint() -> None:
+    """Patience counters are in the checkpoint: a resumed run cuts the lr when the uninterrupted one does."""
+    metrics = [0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+
+    def run(resume_at: int | None) -> list[float]:
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        kwargs = dict(num_epochs=10, updates_per_epoch=1, sched="plateau", patience_epochs=3)
+        scheduler, lrs = create_scheduler(opt, **kwargs), []
+        for epoch, top1 in enumerate(metrics, start=1):
+            if epoch == resume_at:  # a new process: fresh scheduler and optimizer, states from the checkpoint
+                state, opt_state = scheduler.state_dict(), opt.state_dict()
+                opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+                opt.load_state_dict(opt_state)
+                scheduler = create_scheduler(opt, **kwargs)
+                scheduler.load_state_dict(state)
+            scheduler.step(epoch=epoch, metric=top1)
+            lrs.append(opt.param_groups[0]["lr"])
+        return lrs
+
+    uninterrupted = run(None)
+    assert uninterrupted[-1] == pytest.approx(0.01)
+    assert run(resume_at=4) == pytest.approx(uninterrupted)
+
+
+def test_tf_rmsprop_puts_epsilon_inside_the_square_root() -> None:
+    """timm's rmsproptf (the Inception papers' TensorFlow form) against torch's RMSProp on one known gradient
+    sequence, both written out: TF's ms starts at 1 and divides by sqrt(ms + eps); torch's starts at 0 and divides
+    by sqrt(ms) + eps. With eps = 1.0 (Inception v3) the steps differ by far more than rounding."""
+    grads = [torch.tensor([0.5]), torch.tensor([-1.0]), torch.tensor([2.0])]
+    lr, decay, eps = 0.1, 0.9, 1.0
+
+    def run(opt_name: str) -> float:
+        w = nn.Parameter(torch.zeros(1))
+        opt = create_optimizer(nn.Linear(1, 1), opt=opt_name, lr=lr, momentum=0.0, alpha=decay, eps=eps)
+        opt.param_groups[0]["params"] = [w]
+        opt.param_groups[1:] = []
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        return w.item()
+
+    tf_w, ms = 0.0, 1.0
+    torch_w, ms0 = 0.0, 0.0
+    for g in (g.item() for g in grads):
+        ms = decay * ms + (1 - decay) * g * g
+        tf_w -= lr * g / math.sqrt(ms + eps)
+        ms0 = decay * ms0 + (1 - decay) * g * g
+        torch_w -= lr * g / (math.sqrt(ms0) + eps)
+    assert run("rmsproptf") == pytest.approx(tf_w, rel=1e-5)
+    assert run("rmsprop") == pytest.approx(torch_w, rel=1e-5)
+    assert abs(tf_w - torch_w) > 0.01
+
+
+def test_depthwise_filters_can_be_exempt_from_weight_decay() -> None:
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8, bias=False), nn.Conv2d(8, 16, 1, bias=False))
+    groups = param_groups(model, 4e-5, decay_norm_and_bias=False, decay_depthwise=False)
+    assert [p.shape for p in groups[0]["params"]] == [(16, 8, 1, 1)]
+    assert [p.shape for p in groups[1]["params"]] == [(8, 1, 3, 3)] and groups[1]["weight_decay"] == 0.0
+    assert len(param_groups(model, 4e-5, decay_norm_and_bias=False)[0]["params"]) == 2  # default: decayed
+
+
+def test_ema_after_k_steps_is_the_closed_form() -> None:
+    """ema_1 = w_1, ema_k = d ema_(k-1) + (1 - d) w_k, over the weights after each optimizer step."""
+    torch.manual_seed(0)
+    model, decay = nn.Linear(3, 2), 0.9
+    module = ClassificationModule(
+        model, lambda m: torch.optim.SGD(m.parameters(), lr=0.5), num_classes=2, ema_decay=decay
+    )
+    assert not any(p.requires_grad for p in module.ema.parameters())
+    opt = module.optimizer_factory(model)
+    weights = []
+    for step in range(1, 6):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(4, 3)), torch.tensor([0, 1, 1, 0])).backward()
+        opt.step()
+        weights.append(model.weight.detach().clone())
+        module.ema.update(model, step=step)
+    expected = weights[0]
+    for w in weights[1:]:
+        expected = decay * expected + (1 - decay) * w
+    torch.testing.assert_close(module.ema.module.weight, expected)
+    with pytest.raises(ConfigError, match="ema.decay"):
+        ClassificationModule(nn.Linear(3, 2), lambda m: None, num_classes=2, ema_decay=1.0)
+
+
 def test_bad_sched_interval() -> None:
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ConfigError, match="sched.interval='epochs'"):

@@ -203,3 +203,31 @@ def test_main_job_reaches_90_percent(cache_dir: Path, sample_root: Path, tmp_pat
     assert results["top1"] >= 90.0, results
     assert f"val top-1 {results['top1']:.2f}%" in proc.stdout and f"run directory: {tmp_path}/run" in proc.stdout
     print(f"main job: {results['top1']:.2f}% top-1 in {elapsed:.0f} s")
+
+
+def test_ema_is_validated_checkpointed_and_evaluated(cache_dir: Path, tmp_path: Path) -> None:
+    """ema.decay: val_ema/top1 beside val/top1, the averaged weights in the checkpoint, evaluate.py reports both,
+    and init_from takes the raw weights."""
+    from trainer.models import create_model, load_weights
+
+    run_dir = tmp_path / "run"
+    results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=1", "ema.decay=0.5"))
+    assert 0 <= results["top1_ema"] <= results["top5_ema"] <= 100
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert not torch.equal(state["ema.module.fc.weight"], state["model.fc.weight"])
+    evaluated = evaluate(_cfg(tmp_path / "eval", cache_dir, f"ckpt={ckpt}", config_name="eval"), overrides=[])
+    assert (evaluated["top1"], evaluated["top1_ema"]) == (results["top1"], results["top1_ema"])
+    report = load_weights(create_model("resnet18", num_classes=10), ckpt)
+    assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
+
+
+def test_plateau_schedule_steps_on_validation_top1(cache_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=2", "sched=plateau", "sched.patience_epochs=0"))
+    assert results["epochs"] == 2
+    assert any(r.get("lr-SGD/pg1") for r in _metric_rows(run_dir)), "the lr is logged"
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    plateau = checkpoint["lr_schedulers"][0]["plateau"]  # the whole ReduceLROnPlateau state, for resuming
+    assert plateau["best"] == pytest.approx(max(float(r["val/top1"]) for r in _metric_rows(run_dir) if r["val/top1"]))
+    assert plateau["last_epoch"] == 2  # stepped on epoch 2's result before epoch 2's checkpoint

@@ -9,13 +9,13 @@ import torch
 import torch.nn as nn
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
 from trainer.errors import ConfigError
-from trainer.models import create_model, data_defaults, load_weights
-from trainer.models.catalogue import check_resolution
+from trainer.models import create_model, data_defaults, get_entry, load_weights
+from trainer.models.catalogue import TIMM_PREFIX, check_resolution
 from trainer.models.regularization import DROP_PATH_MODES, apply_linear_decay, drop_path_modules, set_drop_path_mode
 
 _MODEL_DEFAULTED = ("resolution", "crop_ratio", "interpolation", "mean", "std")
@@ -32,7 +32,8 @@ def fill_data_defaults(cfg: DictConfig) -> None:
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     fill_data_defaults(cfg)
-    return instantiate(cfg.data, _convert_="all")
+    augment = OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else None
+    return instantiate(cfg.data, _convert_="all", augment=augment)
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
@@ -96,6 +97,8 @@ def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> C
         channels_last=cfg.model.channels_last,
         config=OmegaConf.to_container(cfg, resolve=True),
         class_names=class_names,
+        ema_decay=cfg.ema.decay if cfg.get("ema") else None,
+        ema_warmup=bool(cfg.ema.warmup) if cfg.get("ema") else False,
     )
     if cfg.get("compile"):
         module.model.compile()  # in place: state_dict keys stay the model's own
@@ -110,3 +113,30 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     kwargs: dict[str, Any] = dict(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     kwargs.update(overrides)
     return instantiate(cfg.trainer, **kwargs)
+
+
+def check_recipe(cfg: DictConfig, model: nn.Module) -> None:
+    """A recipe given a model of another family: a warning naming the recipe's families (users cross recipes on
+    purpose). A recipe that needs what the model lacks (auxiliary heads for loss.aux_weights, drop-path modules for
+    a drop-path schedule) fails with one line naming both."""
+    info = cfg.get("recipe_info")
+    if not info:
+        return
+    name = cfg.model.name
+    family = None if name.startswith(TIMM_PREFIX) else get_entry(name).family
+    families = list(info.get("families") or [])
+    if families and family not in families:
+        rank_zero_warn(
+            f"recipe '{info.name}' was written for the {', '.join(families)} family; model '{name}' is "
+            f"{family or 'a timm model'}: its values are used as they are"
+        )
+    if cfg.loss.aux_weights and not getattr(model, "aux_logits", False):
+        raise ConfigError(
+            f"recipe '{info.name}' weights auxiliary heads (loss.aux_weights={list(cfg.loss.aux_weights)}) but model "
+            f"'{name}' has none (built without aux_logits, or its architecture has no auxiliary classifier)"
+        )
+    if "drop_path" in (info.get("requires") or []) and not drop_path_modules(model):
+        raise ConfigError(
+            f"recipe '{info.name}' schedules drop-path but model '{name}' has no drop-path modules "
+            f"(set model.drop_path_rate > 0, or use a model whose blocks have drop-path)"
+        )

@@ -118,6 +118,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
     }
+    if "val_ema/top1" in metrics:  # trained with ema.decay: the averaged weights too
+        results.update(top1_ema=100 * float(metrics["val_ema/top1"]), top5_ema=100 * float(metrics["val_ema/top5"]))
     out = Path(cfg.eval.out) if cfg.eval.out else ckpt.resolve().parent.parent / f"eval_{cfg.eval.split}.json"
     write_json(out, results)
     print(

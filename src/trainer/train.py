@@ -12,7 +12,14 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.builders import build_datamodule, build_model, build_module, build_trainer, effective_lr
+from trainer.builders import (
+    build_datamodule,
+    build_model,
+    build_module,
+    build_trainer,
+    check_recipe,
+    effective_lr,
+)
 from trainer.engine import EpochThroughput
 from trainer.errors import CheckpointError, ConfigError
 
@@ -57,7 +64,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     classes = datamodule.classes
-    model = build_model(cfg, num_classes=len(classes))
+    try:
+        model = build_model(cfg, num_classes=len(classes))
+    except ConfigError as e:  # e.g. a recipe's model.kwargs.aux_logits on a model without auxiliary heads
+        if cfg.get("recipe_info"):
+            raise ConfigError(f"recipe '{cfg.recipe_info.name}': {e}") from None
+        raise
+    check_recipe(cfg, model)
     module = build_module(cfg, model, classes)
     trainer = build_trainer(cfg)
     datamodule.trainer = trainer  # fit() attaches it too; attached now, a bad batch split fails before launch
@@ -87,6 +100,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "top1": 100 * metrics.get("val/top1", float("nan")),
         "top5": 100 * metrics.get("val/top5", float("nan")),
         "val_loss": metrics.get("val/loss", float("nan")),
+        **(
+            {"top1_ema": 100 * metrics["val_ema/top1"], "top5_ema": 100 * metrics["val_ema/top5"]}
+            if "val_ema/top1" in metrics
+            else {}
+        ),
         "best_top1": 100 * float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score else None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,

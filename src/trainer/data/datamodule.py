@@ -1,15 +1,17 @@
 """LightningDataModule for ImageNet-layout folders, with the standard ImageNet augmentation.
 
-Training: RandomResizedCrop (scale 0.08-1, aspect 3/4-4/3, Szegedy et al. 2015, "Going deeper with
-convolutions", Sec. 6) + horizontal flip + normalisation. Evaluation: resize the shorter side to
-floor(resolution / crop_ratio), then a centre crop of `resolution` (0.875 = the classic 224/256).
-Both come from timm's `create_transform`, with colour jitter and random erasing off.
+Training: the recipe's augmentation (`augment`, trainer.data.transforms), by default RandomResizedCrop (scale
+0.08-1, aspect 3/4-4/3, Szegedy et al. 2015, "Going deeper with convolutions", Sec. 6) + horizontal flip +
+normalisation; the data set's own crop range and flip (`train_scale`, `train_ratio`, `hflip`) apply where the
+recipe sets none. Evaluation: resize the shorter side to floor(resolution / crop_ratio), then a centre crop of
+`resolution` (0.875 = the classic 224/256), with timm's `create_transform`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -18,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from trainer.data.folder import ImageFolderDataset, SkipCounter, collate_skipping_bad, validate_layout
 from trainer.data.sample import write_sample_set
+from trainer.data.transforms import build_train_transform
 from trainer.errors import ConfigError, DataError
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -47,6 +50,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         train_scale: Sequence[float] = (0.08, 1.0),
         train_ratio: Sequence[float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
+        augment: Mapping[str, Any] | None = None,
         skip_bad_images: bool = False,
         num_classes: int | None = None,
         sample: bool = False,
@@ -71,6 +75,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_scale = tuple(train_scale)
         self.train_ratio = tuple(train_ratio)
         self.hflip = hflip
+        self.augment = dict(augment or {})
         self.skip_bad_images = skip_bad_images
         self.expected_num_classes = num_classes
         self.sample = sample
@@ -145,21 +150,25 @@ class ImageFolderDataModule(L.LightningDataModule):
             if len(getattr(self, key)) != 3:
                 raise ConfigError(f"data.{key} must have 3 values (RGB), got {list(getattr(self, key))}")
 
+    def train_augment(self) -> dict[str, Any]:
+        """The recipe's augmentation (`augment`), with the data set's crop range and flip where it gives none."""
+        merged: dict[str, Any] = {
+            "crop": "random_resized",
+            "scale": self.train_scale,
+            "ratio": self.train_ratio,
+            "hflip": self.hflip,
+        }
+        merged.update({k: v for k, v in self.augment.items() if v is not None})
+        return merged
+
     def train_transform(self) -> Callable:
         self._check_transform_config()
-        return create_transform(
-            input_size=int(self.resolution),
-            is_training=True,
-            scale=self.train_scale,
-            ratio=self.train_ratio,
-            hflip=self.hflip,
-            vflip=0.0,
-            color_jitter=None,  # None, not 0: timm would otherwise add a no-op ColorJitter
-            auto_augment=None,
-            interpolation=self.interpolation,
+        return build_train_transform(
+            self.train_augment(),
+            resolution=int(self.resolution),
             mean=tuple(self.mean),
             std=tuple(self.std),
-            re_prob=0.0,
+            interpolation=self.interpolation,
         )
 
     def val_transform(self) -> Callable:

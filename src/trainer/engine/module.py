@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -37,7 +38,13 @@ def _accuracy(num_classes: int) -> MetricCollection:
 
 
 class ClassificationModule(L.LightningModule):
-    """Cross-entropy with label smoothing plus weighted auxiliary losses; top-1/top-5 on train and val."""
+    """Cross-entropy with label smoothing plus weighted auxiliary losses; top-1/top-5 on train and val.
+
+    With `ema_decay`, an exponential moving average of the weights (and buffers) is kept after every optimizer step
+    (timm's ModelEmaV3: ema = decay * ema + (1 - decay) * w, starting from the first step's weights): the
+    Inception/Xception papers' Polyak averaging and EfficientNet's EMA (0.9999). It is checkpointed with the raw
+    weights (`ema.module.*`), and validation reports both: `val/top1` (raw) and `val_ema/top1` (averaged).
+    """
 
     def __init__(
         self,
@@ -52,6 +59,8 @@ class ClassificationModule(L.LightningModule):
         channels_last: bool = False,
         config: dict[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
+        ema_decay: float | None = None,
+        ema_warmup: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -65,6 +74,15 @@ class ClassificationModule(L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else None
         self.train_metrics = _accuracy(num_classes).clone(prefix="train/")
         self.val_metrics = _accuracy(num_classes).clone(prefix="val/")
+        self.ema: ModelEmaV3 | None = None
+        if ema_decay is not None:
+            if not 0.0 < ema_decay < 1.0:
+                raise ConfigError(f"ema.decay={ema_decay} is not in (0, 1)")
+            self.ema = ModelEmaV3(model, decay=ema_decay, use_warmup=ema_warmup)
+            self.ema.requires_grad_(False)  # not trained: DDP and the optimizer must not see it
+            self.ema.train()  # follows the module's mode like any submodule; validation runs it in eval mode
+            self.val_ema_metrics = _accuracy(num_classes).clone(prefix="val_ema/")
+        self._ema_step = -1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | Sequence[torch.Tensor]:
         return self.model(x)
@@ -104,6 +122,12 @@ class ClassificationModule(L.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # once per optimizer step (not per batch under gradient accumulation, nor for a skipped batch)
+        if self.ema is not None and self.global_step != self._ema_step:
+            self._ema_step = self.global_step
+            self.ema.update(self.model, step=self.global_step)
+
     def validation_step(self, batch: Sequence[torch.Tensor] | None, batch_idx: int) -> None:
         if batch is None:
             return
@@ -113,6 +137,10 @@ class ClassificationModule(L.LightningModule):
         self.val_metrics.update(logits, targets)
         self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets), sync_dist=True)
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        if self.ema is not None:
+            ema_logits = split_outputs(self.ema.module.eval()(images))[0]
+            self.val_ema_metrics.update(ema_logits, targets)
+            self.log_dict(self.val_ema_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.model)
@@ -121,10 +149,30 @@ class ClassificationModule(L.LightningModule):
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
         updates_per_epoch = max(-(-int(self.trainer.estimated_stepping_batches) // max_epochs), 1)
         scheduler = self.scheduler_factory(optimizer, num_epochs=max_epochs, updates_per_epoch=updates_per_epoch)
+        monitorable = self._monitorable()
+        if getattr(scheduler, "monitor", None) and scheduler.monitor not in monitorable:
+            raise ConfigError(f"sched.monitor='{scheduler.monitor}' is not one of {', '.join(monitorable)}")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.sched_interval}}
+
+    def _monitorable(self) -> list[str]:
+        collections = [self.val_metrics] + ([self.val_ema_metrics] if self.ema is not None else [])
+        return [name for c in collections for name in c.keys(keep_base=False)]
+
+    def on_validation_epoch_end(self) -> None:
+        # A plateau schedule steps here, on this epoch's validation result and before the checkpoint of this epoch
+        # is written (Lightning steps its plateau schedulers after that, so a resumed run would miss one step).
+        config = self.trainer.lr_scheduler_configs[0] if self.trainer.lr_scheduler_configs else None
+        monitor = getattr(config.scheduler, "monitor", None) if config else None
+        if monitor is None or self.trainer.sanity_checking:
+            return
+        collections = [self.val_metrics] + ([self.val_ema_metrics] if self.ema is not None else [])
+        value = next(c[monitor] for c in collections if monitor in c.keys(keep_base=False)).compute()
+        config.scheduler.step(epoch=self.current_epoch + 1, metric=float(value))
 
     def lr_scheduler_step(self, scheduler: Scheduler, metric: Any) -> None:
         # timm schedulers take the *next* epoch / update count: Lightning calls this after the epoch / step.
+        if getattr(scheduler, "monitor", None):
+            return  # a plateau schedule steps in on_validation_epoch_end
         if self.sched_interval == "step":
             scheduler.step_update(num_updates=self.trainer.global_step)
         else:

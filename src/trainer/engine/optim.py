@@ -30,16 +30,26 @@ def scale_lr(lr: float, ref_batch_size: int | None, global_batch_size: int | Non
     return lr * (ratio if lr_scaling == "linear" else ratio**0.5)
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise convolution: one filter per input channel (groups == in_channels > 1)."""
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.groups == module.in_channels
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_norm_and_bias: bool, decay_depthwise: bool = True
+) -> list[dict[str, Any]]:
     """Two groups: conv/linear (and other) weights get `weight_decay`; norm-layer parameters and biases get 0,
-    unless `decay_norm_and_bias`. Chosen by module type and parameter role, not by matching names."""
+    unless `decay_norm_and_bias`; depthwise convolution weights get 0 unless `decay_depthwise` (MobileNet v1,
+    Sec. 4: "very little or no weight decay on the depthwise filters"). Chosen by module type and parameter role,
+    not by matching names."""
     decay, no_decay = [], []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            exempt = isinstance(module, NORM_TYPES) or name == "bias"
-            (no_decay if exempt and not decay_norm_and_bias else decay).append(param)
+            exempt = (isinstance(module, NORM_TYPES) or name == "bias") and not decay_norm_and_bias
+            exempt = exempt or (is_depthwise(module) and not decay_depthwise)
+            (no_decay if exempt else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -55,6 +65,7 @@ def create_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
     decay_norm_and_bias: bool = False,
+    decay_depthwise: bool = True,
     ref_batch_size: int | None = None,
     lr_scaling: str = "none",
     global_batch_size: int | None = None,
@@ -64,7 +75,9 @@ def create_optimizer(
 
     `opt` is a timm optimizer name; `sgd` here is plain SGD with heavy-ball momentum, Nesterov when `nesterov`
     (timm's own 'sgd' means Nesterov). The lr is rescaled from `ref_batch_size` to `global_batch_size` by
-    `lr_scaling`. Extra kwargs (eps, alpha, betas, ...) go to the optimizer.
+    `lr_scaling`. Extra kwargs (eps, alpha, betas, trust_coeff, ...) go to the optimizer. `rmsproptf` is timm's
+    TensorFlow-form RMSProp (epsilon inside the square root, the Inception/MobileNet/NASNet/EfficientNet papers'),
+    `lars` timm's LARS.
     """
     if opt == "sgd":
         opt = "nesterov" if nesterov else "momentum"
@@ -73,7 +86,7 @@ def create_optimizer(
             f"unknown optimizer optim.opt='{opt}'; closest: {close_matches(opt, timm.optim.list_optimizers())}"
         )
     lr = scale_lr(lr, ref_batch_size, global_batch_size, lr_scaling)
-    groups = param_groups(model, weight_decay, decay_norm_and_bias)
+    groups = param_groups(model, weight_decay, decay_norm_and_bias, decay_depthwise)
     return timm.optim.create_optimizer_v2(
         groups, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs
     )

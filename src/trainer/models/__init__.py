@@ -6,9 +6,13 @@
 
 from trainer.models import (  # noqa: F401  (registers the families)
     alexnet,
+    bn_inception,
     darknet,
     densenet,
     efficientnet,
+    fractalnet,
+    googlenet,
+    inception_resnet_v1,
     inception_v3,
     inception_v4,
     mobilenet_v1,
@@ -17,6 +21,9 @@ from trainer.models import (  # noqa: F401  (registers the families)
     preact_resnet,
     resnet,
     resnext,
+    shufflenet_v1,
+    shufflenet_v2,
+    squeezenet,
     vgg,
     wide_resnet,
     xception,

@@ -227,6 +227,9 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, **kwargs
     """
     timm_name, defaults = _timm_name(name)
     check_kwargs(name, kwargs)
+    for rate in ("drop_rate", "drop_path_rate"):
+        if rate in kwargs and not 0.0 <= kwargs[rate] < 1.0:
+            raise ConfigError(f"model '{name}': {rate}={kwargs[rate]} is outside [0, 1)")
     model = timm.create_model(
         timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **{**defaults, **kwargs}
     )

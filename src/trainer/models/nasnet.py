@@ -1,14 +1,399 @@
 """NASNet-A, Zoph, Vasudevan, Shlens & Le, "Learning Transferable Architectures for Scalable Image Recognition",
 CVPR 2018 (arXiv:1707.07012).
 
-timm's `nasnetalarge` is NASNet-A (6 @ 4032) of Table 2, ported from the authors' TF-slim release (88.75 M
-parameters against the paper's 88.9 M). Input 331 px. The eval crop: the paper does not give one; the TF-slim release
+NASNet-A Large (6 @ 4032): timm's `nasnetalarge`, ported from the authors' TF-slim release (88.75 M parameters
+against the paper's 88.9 M). Input 331 px. The eval crop: the paper does not give one; the TF-slim release
 evaluates with its inception preprocessing, a 0.875 centre crop, which is used here (timm's cfg says 0.911, from the
 Cadene port). Accuracy: Table 2, single crop (82.7 / 96.2 %). The auxiliary head of the paper's training is not in
-timm's model. NASNet-A Mobile has no timm implementation and is out of this file's scope.
+timm's model.
+
+NASNet-A Mobile (4 @ 1056, Table 2: 5.3 M parameters, 564 M mult-adds, 74.0 / 91.6 %) has no timm implementation;
+`NASNetA` here builds it (and any "N @ P" NASNet-A) as the TF-slim release does (nets/nasnet/nasnet.py,
+`mobile_imagenet_config`, and nasnet_utils.py):
+- the normal and reduction cells of Fig. 4 as TF-slim's (operation, hidden state) lists: five blocks per cell, each
+  adding two operations; separable ops are ReLU-sepconv-BN-ReLU-sepconv-BN (the paper applies each twice), pools
+  3x3, identity; in a reduction cell the operations on the cell's two inputs have stride 2;
+- the cell's input goes through ReLU-1x1 conv-BN; the previous cell's output through the "factorized reduction"
+  (two 1x1 convs on the two pixel-offset stride-2 grids, concatenated) where it has twice the resolution, and
+  through ReLU-1x1 conv-BN where only its width differs;
+- stem: 3x3/2 convolution (32 filters, unpadded), then two reduction cells with F/4 and F/2 filters (F = P / 24 = 44,
+  filter scaling 2); N = 4 normal cells per stack, reduction cells with 2F and 4F between the stacks;
+  `skip_reduction_layer_input=0`: the cell after a reduction cell takes the last normal cell as its previous input
+  (NASNet-A Large skips it and takes the one before; `skip_reduction_input=True`);
+- the auxiliary head on the ReLU of the second stack's last normal cell (TF-slim: cell index `reduction_indices[1] -
+  1`): 5x5/3 average pool (unpadded), 1x1 conv 128, BN, ReLU, a conv to 768 whose kernel covers the remaining map
+  (4x4 at 224 px, from `img_size`), BN, ReLU, FC. In training mode the model returns (main, aux); `aux_logits=False`
+  removes the head. An adaptive average pool to the kernel size (the identity at 224 px) lets the head run at other
+  input sizes; its unpadded 5x5 pool needs a 5x5 map at stride 16, so the entry's `min_resolution` is 67 px (the
+  network alone runs from 32);
+- drop-path (ScheduledDropPath, Sec. 4.1) on the output of every operation but the identity, per sample and
+  rescaled as TF-slim's `drop_path`; cell l of the 16 (stem cells included) gets `drop_path_rate * (l + 1) / 16`
+  (TF-slim's layer scaling). The rate's rise over training is the ScheduledDropPath callback's. The mobile
+  config's keep prob is 1.0, so the default `drop_path_rate=0` builds no drop-path modules;
+- dropout 0.5 before the classifier (`dense_dropout_keep_prob`); weights from TF-slim's
+  `variance_scaling_initializer(mode='FAN_OUT')` (truncated normal, std sqrt(1.3 * 2 / fan_out)).
+Reused from timm (timm/models/nasnet.py): `ActConvBn` (ReLU-1x1 conv-BN), `BranchSeparables` (the stacked separable
+op), the pools (`create_pool2d`, TF "SAME" padding; its stride-2 average pool counts the one padded border row,
+which TF does not), the stem `ConvNormAct` and its BN settings (eps 1e-3, momentum
+0.1; TF-slim decays its BN averages by 0.9997). timm's cell classes are not reused: they hard-code each cell's
+wiring and have no drop-path. The cells here keep their module names, so timm's `nasnetalarge` weights load into
+`NASNetA(cells_per_stack=6, penultimate_filters=4032, stem_size=96, skip_reduction_input=True)` unchanged (a test
+checks the outputs agree). The catalogue's `nasnet_a_large` is that network with the paper's auxiliary head and
+drop-path (timm's own has neither; `model=timm/nasnetalarge` still builds it). `checkpoint_filter_fn` maps the Cadene
+port's NASNet-A Mobile cell numbering (cell_6..9, cell_12..15) to TF-slim's contiguous one.
+Eval: 0.875 centre crop and [-1, 1] input scaling (TF-slim's inception preprocessing). `entry.params` counts the
+default build, with the auxiliary head; without it the network has the paper's 5.3 M.
 """
 
-from trainer.models.catalogue import ModelEntry, Paper, register
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+from timm.layers import ConvNormAct, DropPath, create_classifier, create_pool2d
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.nasnet import ActConvBn, BranchSeparables
+
+from trainer.errors import ConfigError
+from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
+
+_BatchNorm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)  # timm's NASNet blocks use these too
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """A NASNet-A cell as TF-slim's nasnet_utils lists it. Hidden states: 0 is the cell's input after its 1x1 conv,
+    1 the previous cell's output matched to it, 2.. the blocks' outputs. Block b adds operations 2b and 2b + 1."""
+
+    operations: tuple[str, ...]
+    inputs: tuple[int, ...]  # the hidden state each operation reads
+    concat: tuple[int, ...]  # the hidden states concatenated into the cell's output (TF-slim: the "unused" ones)
+
+
+NORMAL_CELL = CellSpec(  # Fig. 4, left
+    operations=("sep5", "sep3", "sep5", "sep3", "avg3", "none", "avg3", "avg3", "sep3", "none"),
+    inputs=(0, 1, 1, 1, 0, 1, 1, 1, 0, 0),
+    concat=(1, 2, 3, 4, 5, 6),
+)
+REDUCTION_CELL = CellSpec(  # Fig. 4, right
+    operations=("sep5", "sep7", "max3", "sep7", "avg3", "sep5", "none", "avg3", "sep3", "max3"),
+    inputs=(0, 1, 0, 1, 0, 1, 3, 2, 2, 0),
+    concat=(3, 4, 5, 6),
+)
+
+
+def _operation(name: str, in_chs: int, filters: int, stride: int, pad_type: str) -> nn.Module:
+    if name.startswith("sep"):
+        # ReLU-sepconv-BN-ReLU-sepconv-BN; the first separable conv already gives the cell's width (TF-slim)
+        return BranchSeparables(in_chs, filters, int(name[3:]), stride, pad_type, stem_cell=True)
+    if name == "avg3":  # NASNet-A pools only states of the cell's width, so no 1x1 conv follows (TF-slim would add one)
+        return create_pool2d("avg", 3, stride, count_include_pad=False, padding=pad_type)
+    return create_pool2d("max", 3, stride, padding=pad_type)
+
+
+class NASNetACell(nn.Module):
+    """A normal or reduction cell with `filters` channels per block.
+
+    `prev_chs=None` is the first stem cell: its previous input is its own input (TF-slim's `_reduce_prev_layer`).
+    `reduce_prev`: the previous output has twice the resolution (the factorized reduction matches it).
+    """
+
+    def __init__(
+        self,
+        spec: CellSpec,
+        in_chs: int,
+        prev_chs: int | None,
+        filters: int,
+        reduction: bool = False,
+        reduce_prev: bool = False,
+        pad_type: str = "same",
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.conv_1x1 = ActConvBn(in_chs, filters, 1, padding=pad_type)
+        self.prev_mode = "input" if prev_chs is None else "factorized" if reduce_prev else "project"
+        if self.prev_mode == "factorized":
+            self.act = nn.ReLU()
+            self.path_1 = nn.Sequential()
+            self.path_1.add_module("avgpool", nn.AvgPool2d(1, stride=2, count_include_pad=False))
+            self.path_1.add_module("conv", nn.Conv2d(prev_chs, filters // 2, 1, bias=False))
+            self.path_2 = nn.Sequential()  # the grid offset by one pixel: shift, zero-pad right and bottom
+            self.path_2.add_module("pad", nn.ZeroPad2d((-1, 1, -1, 1)))
+            self.path_2.add_module("avgpool", nn.AvgPool2d(1, stride=2, count_include_pad=False))
+            self.path_2.add_module("conv", nn.Conv2d(prev_chs, filters - filters // 2, 1, bias=False))
+            self.final_path_bn = _BatchNorm(filters)
+        elif self.prev_mode == "project":  # TF-slim skips it when the widths agree, which NASNet-A's never do
+            self.conv_prev_1x1 = ActConvBn(prev_chs, filters, 1, padding=pad_type)
+        state_chs = [filters, in_chs if prev_chs is None else filters]
+        self.op_names: list[str | None] = []  # None: the identity
+        for i, (op, state) in enumerate(zip(spec.operations, spec.inputs, strict=True)):
+            name = f"comb_iter_{i // 2}_{'right' if i % 2 else 'left'}" if op != "none" else None
+            if name is not None:
+                stride = 2 if reduction and state < 2 else 1
+                in_op = state_chs[state] if state < 2 else filters
+                self.add_module(name, _operation(op, in_op, filters, stride, pad_type))
+            self.op_names.append(name)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def _previous(self, x: torch.Tensor, x_prev: torch.Tensor | None) -> torch.Tensor:
+        if self.prev_mode == "input":
+            return x
+        if self.prev_mode == "factorized":
+            x_prev = self.act(x_prev)
+            return self.final_path_bn(torch.cat([self.path_1(x_prev), self.path_2(x_prev)], 1))
+        return self.conv_prev_1x1(x_prev)
+
+    def forward(self, x: torch.Tensor, x_prev: torch.Tensor | None = None) -> torch.Tensor:
+        states = [self.conv_1x1(x), self._previous(x, x_prev)]
+        for block in range(len(self.op_names) // 2):
+            out = []
+            for i in (2 * block, 2 * block + 1):
+                h, name = states[self.spec.inputs[i]], self.op_names[i]
+                out.append(h if name is None else self.drop_path(getattr(self, name)(h)))
+            states.append(out[0] + out[1])
+        return torch.cat([states[i] for i in self.spec.concat], 1)
+
+
+class AuxHead(nn.Module):
+    """TF-slim's `_build_aux_head` on the ReLU of a cell's output."""
+
+    def __init__(self, in_chs: int, num_classes: int, kernel_size: int) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+        self.pool = nn.AvgPool2d(5, stride=3)
+        self.fit = nn.AdaptiveAvgPool2d(kernel_size)  # the identity at the input size the kernel was sized for
+        self.proj = nn.Conv2d(in_chs, 128, 1, bias=False)
+        self.bn0 = _BatchNorm(128)
+        self.act0 = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(128, 768, kernel_size, bias=False)  # covers the whole remaining map
+        self.bn1 = _BatchNorm(768)
+        self.act1 = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act0(self.bn0(self.proj(self.fit(self.pool(self.act(x))))))
+        x = self.act1(self.bn1(self.conv(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+def _stride16_size(img_size: int) -> int:
+    """The map size at stride 16 for an input of `img_size`: unpadded 3x3/2 stem conv, then three "SAME" stride-2
+    cells."""
+    size = (img_size - 3) // 2 + 1
+    for _ in range(3):
+        size = math.ceil(size / 2)
+    return size
+
+
+class NASNetA(nn.Module):
+    """NASNet-A "N @ P": `cells_per_stack` (N) normal cells per stack, `penultimate_filters` (P) channels into the
+    classifier (F = P / 24 filters per block in the first stack)."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        cells_per_stack: int = 4,
+        penultimate_filters: int = 1056,
+        stem_size: int = 32,
+        skip_reduction_input: bool = False,
+        aux_logits: bool = True,
+        img_size: int = 224,
+        drop_rate: float = 0.5,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        pad_type: str = "same",
+    ) -> None:
+        super().__init__()
+        if cells_per_stack < 1:
+            raise ConfigError(f"nasnet: cells_per_stack={cells_per_stack} is not a positive number of cells")
+        if penultimate_filters <= 0 or penultimate_filters % 96:
+            # F = P / 24 filters; the second stem cell's factorized reduction splits F / 2 into two equal halves
+            raise ConfigError(f"nasnet: penultimate_filters={penultimate_filters} is not a positive multiple of 96")
+        for rate_name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+            if not 0.0 <= rate < 1.0:
+                raise ConfigError(f"nasnet: {rate_name}={rate} is outside [0, 1)")
+        if aux_logits and _stride16_size(img_size) < 5:
+            raise ConfigError(f"nasnet: img_size={img_size} is too small for the auxiliary head (at least 67)")
+        self.num_classes = num_classes
+        self.aux_logits = aux_logits  # what callers (the recipe check) read, as for timm's Inception v3
+        self.skip_reduction_input = skip_reduction_input
+        filters = penultimate_filters // 24
+        num_cells = 2 + 3 * cells_per_stack + 2  # stem cells, normal cells, reduction cells
+        rates = [drop_path_rate * (i + 1) / num_cells for i in range(num_cells)]
+        cell = partial(NASNetACell, pad_type=pad_type)
+
+        self.conv0 = ConvNormAct(in_chans, stem_size, 3, stride=2, padding=0, norm_layer=_BatchNorm, apply_act=False)
+        stem_chs = (4 * (filters // 4), 4 * (filters // 2))  # reduction cells concatenate four blocks
+        self.cell_stem_0 = cell(REDUCTION_CELL, stem_size, None, filters // 4, reduction=True, drop_path_rate=rates[0])
+        self.cell_stem_1 = cell(
+            REDUCTION_CELL,
+            stem_chs[0],
+            stem_size,
+            filters // 2,
+            reduction=True,
+            reduce_prev=True,
+            drop_path_rate=rates[1],
+        )
+        chs_prev, chs = stem_chs  # channels of the previous and the current output
+        reduce_prev = True  # the previous output has twice the current resolution
+        self.cell_names: list[str] = []
+        num_normal = 0
+        for stack in range(3):
+            width = filters * 2**stack
+            if stack > 0:
+                name = f"reduction_cell_{stack - 1}"
+                rate = rates[2 + len(self.cell_names)]
+                self.add_module(name, cell(REDUCTION_CELL, chs, chs_prev, width, reduction=True, drop_path_rate=rate))
+                self.cell_names.append(name)
+                chs_prev, chs, reduce_prev = (chs_prev if skip_reduction_input else chs), 4 * width, True
+            for _ in range(cells_per_stack):
+                name, num_normal = f"cell_{num_normal}", num_normal + 1
+                rate = rates[2 + len(self.cell_names)]
+                normal = cell(NORMAL_CELL, chs, chs_prev, width, reduce_prev=reduce_prev, drop_path_rate=rate)
+                self.add_module(name, normal)
+                self.cell_names.append(name)
+                chs_prev, chs, reduce_prev = chs, 6 * width, False
+        self.act = nn.ReLU(inplace=True)
+        self.num_features = self.head_hidden_size = chs
+
+        # TF-slim: after the cell before the second reduction cell, i.e. the second stack's last normal cell
+        self.aux_cell = f"cell_{2 * cells_per_stack - 1}"
+        aux_kernel = (_stride16_size(img_size) - 5) // 3 + 1
+        self.aux_head = AuxHead(12 * filters, num_classes, aux_kernel) if aux_logits else None
+
+        self.global_pool, self.head_drop, self.last_linear = create_classifier(
+            chs, num_classes, pool_type=global_pool, drop_rate=drop_rate
+        )
+        self.feature_info = [
+            dict(num_chs=stem_size, reduction=2, module="conv0"),
+            dict(num_chs=stem_chs[0], reduction=4, module="cell_stem_1.conv_1x1.act"),
+            dict(num_chs=6 * filters, reduction=8, module="reduction_cell_0.conv_1x1.act"),
+            dict(num_chs=12 * filters, reduction=16, module="reduction_cell_1.conv_1x1.act"),
+            dict(num_chs=chs, reduction=32, module="act"),
+        ]  # the cells' outputs after the ReLU the next cell starts with
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # TF-slim: variance_scaling_initializer(mode='FAN_OUT'), a normal truncated at 2 std of sqrt(1.3 * 2 / n)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                receptive = m.weight[0, 0].numel()  # kernel area (1 for a linear layer)
+                fan_out = m.weight.shape[0] // getattr(m, "groups", 1) * receptive
+                std = math.sqrt(2.6 / fan_out)
+                nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.last_linear
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
+        self.global_pool, self.last_linear = create_classifier(self.num_features, num_classes, pool_type=pool_type)
+        if self.aux_head is not None:
+            self.aux_head.fc = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _forward_cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The final features and the auxiliary head's input."""
+        x_prev = self.conv0(x)
+        x, x_prev = self.cell_stem_0(x_prev), x_prev
+        x, x_prev = self.cell_stem_1(x, x_prev), x
+        aux_input = None
+        for name in self.cell_names:
+            if name.startswith("reduction"):  # the next cell's previous input: see skip_reduction_input
+                x, x_prev = getattr(self, name)(x, x_prev), (x_prev if self.skip_reduction_input else x)
+            else:
+                x, x_prev = getattr(self, name)(x, x_prev), x
+            if name == self.aux_cell:
+                aux_input = x
+        return self.act(x), aux_input
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_cells(x)[0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.global_pool(x))
+        return x if pre_logits else self.last_linear(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x, aux_input = self._forward_cells(x)
+        logits = self.forward_head(x)
+        if self.training and self.aux_head is not None and self.num_classes > 0:  # TF-slim: only with a classifier
+            return logits, self.aux_head(aux_input)
+        return logits
+
+
+_CADENE_MOBILE_CELLS = {6: 4, 7: 5, 8: 6, 9: 7, 12: 8, 13: 9, 14: 10, 15: 11}
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The Cadene port of NASNet-A Mobile numbers its cells 0-3, 6-9, 12-15 (NASNet-A Large's numbers); TF-slim and
+    this model number them 0-11. Other keys are the same."""
+    if not isinstance(model, NASNetA) or "cell_15.conv_1x1.conv.weight" not in state_dict or hasattr(model, "cell_15"):
+        return state_dict
+
+    def rename(key: str) -> str:
+        m = re.match(r"cell_(\d+)\.", key)
+        return f"cell_{_CADENE_MOBILE_CELLS[int(m[1])]}.{key[m.end() :]}" if m and int(m[1]) > 3 else key
+
+    return {rename(k): v for k, v in state_dict.items()}
+
+
+def _create_nasnet(variant: str, pretrained: bool = False, **kwargs: Any) -> NASNetA:
+    # the cells take two inputs, so features come from hooks on the unchanged model (as timm's nasnetalarge)
+    return build_model_with_cfg(
+        NASNetA, variant, pretrained, feature_cfg=dict(feature_cls="hook", no_rewrite=True), **kwargs
+    )
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "nasnet_a_mobile": pretrained_cfg(
+            mean=IMAGENET_INCEPTION_MEAN,
+            std=IMAGENET_INCEPTION_STD,
+            first_conv="conv0.conv",
+            classifier="last_linear",
+            paper_ids="arXiv:1707.07012",
+        ),
+        "nasnet_a_large": pretrained_cfg(
+            input_size=(3, 331, 331),
+            pool_size=(11, 11),
+            mean=IMAGENET_INCEPTION_MEAN,
+            std=IMAGENET_INCEPTION_STD,
+            first_conv="conv0.conv",
+            classifier="last_linear",
+            paper_ids="arXiv:1707.07012",
+        ),
+    }
+)
+
+
+@register_model
+def nasnet_a_mobile(pretrained: bool = False, **kwargs: Any) -> NASNetA:
+    """NASNet-A Mobile (4 @ 1056), TF-slim's mobile ImageNet config, with the auxiliary head."""
+    model_args = dict(cells_per_stack=4, penultimate_filters=1056, stem_size=32, skip_reduction_input=False)
+    return _create_nasnet("nasnet_a_mobile", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def nasnet_a_large(pretrained: bool = False, **kwargs: Any) -> NASNetA:
+    """NASNet-A Large (6 @ 4032) at 331 px: timm's nasnetalarge cells (its weights load), with the paper's auxiliary
+    head and drop-path."""
+    model_args = dict(
+        cells_per_stack=6, penultimate_filters=4032, stem_size=96, skip_reduction_input=True, img_size=331
+    )
+    return _create_nasnet("nasnet_a_large", pretrained, **dict(model_args, **kwargs))
+
 
 PAPER = Paper(
     "Learning Transferable Architectures for Scalable Image Recognition",
@@ -20,15 +405,37 @@ PAPER = Paper(
 register(
     ModelEntry(
         name="nasnet_a_large",
-        builder="nasnetalarge",
+        builder="nasnet_a_large",
         family="nasnet",
         paper=PAPER,
-        params=88_753_150,
+        params=93_320_934,
         recipe="nasnet",
         resolution=331,
+        min_resolution=67,  # the auxiliary head's unpadded 5x5 pool needs a 5x5 map at stride 16
         top1=82.7,
         top5=96.2,
         protocol="1-crop (Table 2)",
-        notes="no auxiliary head (the paper trains with one)",
+        source="own",
+        notes=(
+            "timm's nasnetalarge cells (88.75 M parameters, its weights load) plus the paper's auxiliary head and "
+            "drop-path; params with the auxiliary head (aux_logits=False: 88.75 M); model=timm/nasnetalarge for timm's"
+        ),
+    )
+)
+
+register(
+    ModelEntry(
+        name="nasnet_a_mobile",
+        builder="nasnet_a_mobile",
+        family="nasnet",
+        paper=PAPER,
+        params=7_701_218,
+        recipe="nasnet",
+        min_resolution=67,  # the auxiliary head's unpadded 5x5 pool needs a 5x5 map at stride 16
+        top1=74.0,
+        top5=91.6,
+        protocol="1-crop (Table 2)",
+        source="own",
+        notes="params with the auxiliary head (aux_logits=False: the paper's 5.3 M); TF-slim's mobile config",
     )
 )

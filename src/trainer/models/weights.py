@@ -66,6 +66,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"'{path}' holds no state_dict of tensors")
+    if any(k.startswith("ema.module.") for k in obj) and any(not k.startswith("ema.") for k in obj):
+        obj = {k: v for k, v in obj.items() if not k.startswith("ema.")}  # our checkpoints: the raw weights
     state = {}
     for k, v in obj.items():
         while k.startswith(_WRAPPER_PREFIXES):  # in any order: "model._orig_mod.module.x" -> "x"

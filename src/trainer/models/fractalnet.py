@@ -1,0 +1,408 @@
+"""FractalNet, Larsson, Maire & Shakhnarovich, "FractalNet: Ultra-Deep Neural Networks without Residuals", ICLR 2017
+(arXiv:1605.07648).
+
+A block is the fractal of Sec. 2 (Fig. 1): f_1(z) = conv(z), f_{C+1}(z) = join(f_C(f_C(z)), conv(z)), where conv is a
+3x3 convolution with BN and ReLU and join is the element-wise mean of its inputs. Columns are numbered by depth:
+column k has 2^(k-1) convolutions, so the deepest column C has 2^(C-1) and a block 2^C - 1 in all. Nested joins
+that meet at one point are one join of all the columns that end there (Fig. 1 draws them so; the authors' Caffe
+generator, github.com/gustavla/fractalnet, wires one mean of 2, 3 or 4 inputs). Blocks are joined by 2x2/2
+max-pooling. Every convolution is conv -> dropout -> BN -> ReLU, the order of the authors' Caffe layers; the paper
+gives a dropout rate per block (Sec. 4: 0, 10, 20, 30, 40 % for its five CIFAR blocks).
+
+Variants (Sec. 4):
+- CIFAR (`fractalnet20_cifar`, `fractalnet40_cifar`): B=5 blocks of 64, 128, 256, 512, 512 channels, C=3 or 4; the
+  first block sees the image, every block is followed by a max-pool (32 -> 1 px), then the classifier. Depth counts
+  convolutions along the deepest path, B * 2^(C-1) = 20 or 40 (the classifier is not counted). At 32 px the last
+  pool leaves 1x1 maps; a global average pool follows so the network runs at larger inputs too.
+- ImageNet (`fractalnet34`, Sec. 4.3): ResNet-34's first and last layers (7x7/2 conv with BN-ReLU, 3x3/2 max-pool;
+  global average pool, 1000-way FC) around B=4 blocks of C=4 columns (8 layers each) with 64, 128, 256, 512 channels:
+  1 + 4 * 8 + 1 = 34 layers. Max-pools between the blocks give ResNet-34's strides 4, 8, 16, 32.
+
+Drop-path (Sec. 3.1), sampled once per mini-batch on the host: with probability `global_drop_ratio` (0.5, the paper's
+50/50 mix) global drop-path keeps one column, chosen uniformly, for the whole network; otherwise every join drops
+each of its inputs with probability `drop_path_rate` (local, 0.15 in the paper), keeping one at random if it drops
+them all. A join averages the inputs it keeps. Dropped paths are multiplied by zero rather than skipped (as the
+authors' Caffe join does), so every parameter gets a gradient in every step (DDP sees all parameters used); a
+global batch therefore costs as much as a full one. `drop_path_rate=0` and `global_drop_ratio=0` train the whole
+network. `eval_column=k` runs column k alone in eval mode (the paper's "deepest column" results and anytime
+prediction); it can be changed after construction (`model.eval_column = k`).
+
+Readings of our own: the join at the end of a block comes before the max-pool (Fig. 1; the Caffe generator pools
+each column before that join); convolutions have no bias (BN follows) and start from Caffe's "xavier" fill,
+U(+-sqrt(3 / fan_in)), as the authors' nets; the CIFAR entries use CIFAR-10 input statistics. `drop_rate` is the
+last block's dropout rate, block b of B getting drop_rate * b / (B - 1) (0.4 gives the paper's schedule);
+`block_drop_rates` sets each block's rate. timm's drop-path tools do not apply: these joins are not residual branches.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.layers import create_classifier
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from trainer.errors import ConfigError
+from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
+from trainer.models.preact_resnet import CIFAR10_MEAN, CIFAR10_STD, check_rate
+
+
+@dataclass
+class PathChoice:
+    """Which paths the joins of one network use for the current mini-batch; every block holds the same object."""
+
+    global_column: int | None = None  # training, global drop-path: the one column kept (1..C)
+    local_drop_rate: float = 0.0  # training, local drop-path: each join drops each input with this probability
+    eval_column: int | None = None  # eval mode: run this column alone (None: the whole network)
+    generator: torch.Generator | None = None  # host RNG for the draws (None: torch's default CPU generator)
+
+    def uniform(self) -> float:
+        return torch.rand((), device="cpu", generator=self.generator).item()
+
+    def randint(self, high: int) -> int:
+        return int(torch.randint(high, (), device="cpu", generator=self.generator).item())
+
+
+def join(inputs: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Sec. 2: the element-wise mean of the inputs; with `weights` (drop-path), their weighted sum."""
+    if len(inputs) == 1:
+        return inputs[0]
+    if weights is None:
+        return sum(inputs[1:], inputs[0]) / len(inputs)
+    return sum((x * w for x, w in zip(inputs[1:], weights[1:], strict=True)), inputs[0] * weights[0])
+
+
+class DropPathSampler(nn.Module):
+    """Draws the mini-batch's drop-path (Sec. 3.1) on the host: global (one column for the whole network) with
+    probability `global_drop_ratio`, else local at every join. An identity on its input, placed first in the network
+    so that every forward pass, timm's feature extractor's too, draws once before the first join."""
+
+    def __init__(self, paths: PathChoice, num_columns: int, drop_path_rate: float, global_drop_ratio: float) -> None:
+        super().__init__()
+        self.paths = paths
+        self.num_columns = num_columns
+        self.drop_path_rate = drop_path_rate
+        self.global_drop_ratio = global_drop_ratio
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        paths = self.paths
+        paths.global_column, paths.local_drop_rate = None, 0.0
+        if self.training:
+            if self.global_drop_ratio > 0 and paths.uniform() < self.global_drop_ratio:
+                paths.global_column = 1 + paths.randint(self.num_columns)
+            else:
+                paths.local_drop_rate = self.drop_path_rate
+        return x
+
+    def extra_repr(self) -> str:
+        return f"drop_path_rate={self.drop_path_rate}, global_drop_ratio={self.global_drop_ratio}"
+
+
+class FractalConv(nn.Sequential):
+    """conv(z) of Sec. 2: 3x3 convolution, dropout (the block's rate), BN, ReLU."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        drop_rate: float,
+        act_layer: type[nn.Module],
+        norm_layer: type[nn.Module],
+    ) -> None:
+        super().__init__(
+            OrderedDict(
+                conv=nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False),
+                drop=nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity(),
+                bn=norm_layer(out_chs),
+                act=act_layer(inplace=True),
+            )
+        )
+
+
+class FractalBlock(nn.Module):
+    """f_C: C columns, column k (1..C) a chain of 2^(k-1) convolutions; the columns that end at the same depth are
+    joined, and the join feeds each of them."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        num_columns: int,
+        paths: PathChoice,
+        drop_rate: float = 0.0,
+        act_layer: type[nn.Module] = nn.ReLU,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.num_columns = num_columns
+        self.paths = paths  # shared with the network's sampler; a plain attribute, not a submodule
+
+        def column(depth: int) -> nn.Sequential:
+            in_widths = [in_chs] + [out_chs] * (depth - 1)
+            return nn.Sequential(*[FractalConv(i, out_chs, drop_rate, act_layer, norm_layer) for i in in_widths])
+
+        self.columns = nn.ModuleList(column(2**k) for k in range(num_columns))
+        # at depth d = 1..2^(C-1), column k (0-based, spanning 2^(C-1-k) per convolution) ends a convolution,
+        # its (d / span - 1)-th, wherever its span divides d
+        spans = [2 ** (num_columns - 1 - k) for k in range(num_columns)]
+        self.schedule = [
+            [(k, d // span - 1) for k, span in enumerate(spans) if d % span == 0] for d in range(1, spans[0] + 1)
+        ]
+
+    def join_weights(self, columns: Sequence[int]) -> list[float] | None:
+        """The weights of a join of `columns` (1-based) under this mini-batch's drop-path; None: the plain mean."""
+        paths = self.paths
+        if not self.training or len(columns) == 1:
+            return None
+        if paths.global_column is not None:
+            # a join the kept column does not reach only feeds columns that are dropped further on
+            return [float(c == paths.global_column) for c in columns] if paths.global_column in columns else None
+        if paths.local_drop_rate > 0:
+            keep = [paths.uniform() >= paths.local_drop_rate for _ in columns]
+            if not any(keep):
+                keep[paths.randint(len(columns))] = True  # at least one input survives
+            return [k / sum(keep) for k in keep]
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.paths.eval_column is not None:
+            return self.columns[self.paths.eval_column - 1](x)
+        inputs = [x] * self.num_columns  # each column's input: the block's, then that of its last join
+        for ending in self.schedule:
+            outs = [self.columns[k][i](inputs[k]) for k, i in ending]
+            x = join(outs, self.join_weights([k + 1 for k, _ in ending]))
+            for k, _ in ending:
+                inputs[k] = x
+        return x
+
+
+class FractalNet(nn.Module):
+    """Optional stem, B fractal blocks of C columns (`channels` gives B and the widths) joined by 2x2 max-pools,
+    optional last max-pool, global average pool, classifier; drop-path drawn by `path_sampler` at the input."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        channels: Sequence[int] = (64, 128, 256, 512),
+        num_columns: int = 4,
+        stem: bool = True,
+        final_pool: bool = False,
+        drop_rate: float = 0.0,
+        block_drop_rates: Sequence[float] | None = None,
+        drop_path_rate: float = 0.15,
+        global_drop_ratio: float = 0.5,
+        eval_column: int | None = None,
+        global_pool: str = "avg",
+        act_layer: type[nn.Module] = nn.ReLU,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        num_blocks = len(channels)
+        if num_columns < 1:
+            raise ConfigError(f"fractalnet: num_columns={num_columns} must be at least 1")
+        if num_blocks < 1:
+            raise ConfigError(f"fractalnet: channels={tuple(channels)} gives B=0 blocks; give one width per block")
+        check_rate("fractalnet", "drop_rate", drop_rate)
+        check_rate("fractalnet", "drop_path_rate", drop_path_rate)
+        if not 0.0 <= global_drop_ratio <= 1.0:
+            raise ConfigError(f"fractalnet: global_drop_ratio={global_drop_ratio} is outside [0, 1]")
+        if block_drop_rates is None:
+            block_drop_rates = [drop_rate * b / max(num_blocks - 1, 1) for b in range(num_blocks)]
+            block_drop_rates[-1] = drop_rate  # exact, and B=1 gets drop_rate
+        elif len(block_drop_rates) != num_blocks:
+            raise ConfigError(
+                f"fractalnet: block_drop_rates={tuple(block_drop_rates)} has {len(block_drop_rates)} rates "
+                f"for {num_blocks} blocks"
+            )
+        for rate in block_drop_rates:
+            check_rate("fractalnet", "block_drop_rates", rate)
+        self.num_classes = num_classes
+        self.num_columns = num_columns
+        self.block_drop_rates = tuple(block_drop_rates)
+        self.paths = PathChoice()
+        self.eval_column = eval_column
+
+        self.path_sampler = DropPathSampler(self.paths, num_columns, drop_path_rate, global_drop_ratio)
+        if stem:  # Sec. 4.3: ResNet-34's first layers
+            stem_chs, reduction = 64, 4
+            self.stem = nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(in_chans, stem_chs, 7, stride=2, padding=3, bias=False),
+                    bn=norm_layer(stem_chs),
+                    act=act_layer(inplace=True),
+                    pool=nn.MaxPool2d(3, stride=2, padding=1),
+                )
+            )
+        else:  # CIFAR: the first block sees the image
+            stem_chs, reduction = in_chans, 1
+            self.stem = nn.Identity()
+        stages, self.feature_info, in_chs = [], [], stem_chs
+        for b, (out_chs, rate) in enumerate(zip(channels, self.block_drop_rates, strict=True)):
+            stage = OrderedDict(pool=nn.MaxPool2d(2, stride=2)) if b > 0 else OrderedDict()
+            stage["block"] = FractalBlock(in_chs, out_chs, num_columns, self.paths, rate, act_layer, norm_layer)
+            stages.append(nn.Sequential(stage))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=reduction * 2**b, module=f"stages.{b}"))
+            in_chs = out_chs
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = in_chs
+        self.final_pool = nn.MaxPool2d(2, stride=2) if final_pool else nn.Identity()  # CIFAR: a pool after each block
+        self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # the authors' Caffe nets: "xavier" weights (Caffe's: U(+-sqrt(3 / fan_in))), zero biases
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="linear")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @property
+    def eval_column(self) -> int | None:
+        """The column that runs alone in eval mode (1 = one convolution per block, C = the deepest); None: all."""
+        return self.paths.eval_column
+
+    @eval_column.setter
+    def eval_column(self, column: int | None) -> None:
+        if column is not None and not 1 <= column <= self.num_columns:
+            raise ConfigError(f"fractalnet: eval_column={column} is outside 1..{self.num_columns} (num_columns)")
+        self.paths.eval_column = column
+
+    @property
+    def drop_path_generator(self) -> torch.Generator | None:
+        """The host generator of the drop-path draws (None: torch's default CPU generator)."""
+        return self.paths.generator
+
+    @drop_path_generator.setter
+    def drop_path_generator(self, generator: torch.Generator | None) -> None:
+        self.paths.generator = generator
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool_type)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(self.path_sampler(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(self.final_pool(x))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@dataclass(frozen=True)
+class FractalNetCfg:
+    channels: tuple[int, ...]  # one width per block: B = len(channels)
+    num_columns: int  # C
+    stem: bool  # ResNet-34's first layers (ImageNet) or none (CIFAR)
+    final_pool: bool  # CIFAR: the max-pool after the last block
+
+
+CIFAR_CHANNELS = (64, 128, 256, 512, 512)  # Sec. 4
+VARIANTS = {
+    "fractalnet34": FractalNetCfg((64, 128, 256, 512), num_columns=4, stem=True, final_pool=False),
+    "fractalnet20_cifar": FractalNetCfg(CIFAR_CHANNELS, num_columns=3, stem=False, final_pool=True),
+    "fractalnet40_cifar": FractalNetCfg(CIFAR_CHANNELS, num_columns=4, stem=False, final_pool=True),
+}
+
+
+def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    cfg = VARIANTS[variant]
+    model_args = dict(channels=cfg.channels, num_columns=cfg.num_columns, stem=cfg.stem, final_pool=cfg.final_pool)
+    model_args.update(kwargs)
+    return build_model_with_cfg(
+        FractalNet,
+        variant,
+        pretrained,
+        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(len(model_args["channels"])))),
+        **model_args,
+    )
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "fractalnet34": pretrained_cfg(first_conv="stem.conv", classifier="fc", paper_ids="arXiv:1605.07648"),
+        **{
+            name: pretrained_cfg(
+                input_size=(3, 32, 32),
+                pool_size=(1, 1),
+                crop_pct=1.0,
+                mean=CIFAR10_MEAN,
+                std=CIFAR10_STD,
+                first_conv="stages.0.block.columns.0.0.conv",
+                classifier="fc",
+                paper_ids="arXiv:1605.07648",
+            )
+            for name in ("fractalnet20_cifar", "fractalnet40_cifar")
+        },
+    }
+)
+
+
+@register_model
+def fractalnet34(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """FractalNet-34 (Larsson et al. 2017, Sec. 4.3): ResNet-34's stem and head, 4 blocks of 4 columns."""
+    return _create_fractalnet("fractalnet34", pretrained, **kwargs)
+
+
+@register_model
+def fractalnet20_cifar(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """FractalNet for CIFAR, 20 layers (Larsson et al. 2017, Sec. 4): 5 blocks of 3 columns."""
+    return _create_fractalnet("fractalnet20_cifar", pretrained, **kwargs)
+
+
+@register_model
+def fractalnet40_cifar(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """FractalNet for CIFAR, 40 layers (Larsson et al. 2017, Sec. 4): 5 blocks of 4 columns."""
+    return _create_fractalnet("fractalnet40_cifar", pretrained, **kwargs)
+
+
+PAPER = Paper(
+    "FractalNet: Ultra-Deep Neural Networks without Residuals", "Larsson, Maire, Shakhnarovich", 2017, "1605.07648"
+)
+
+register(
+    ModelEntry(
+        name="fractalnet34",
+        builder="fractalnet34",
+        family="fractalnet",
+        paper=PAPER,
+        params=41_359_784,
+        recipe="fractalnet",
+        top1=75.88,
+        top5=92.61,
+        protocol="10-crop (Table 2)",
+        source="own",
+        notes="drop-path local 0.15 / global 0.5 by default; runs from 29 px, catalogue floor 32",
+    )
+)
+
+for _name, _params, _depth in (("fractalnet20_cifar", 34_232_488, 20), ("fractalnet40_cifar", 76_614_504, 40)):
+    register(
+        ModelEntry(
+            name=_name,
+            builder=_name,
+            family="fractalnet",
+            paper=PAPER,
+            params=_params,
+            recipe="fractalnet",
+            resolution=32,
+            crop_ratio=1.0,  # CIFAR images are used whole
+            min_resolution=32,  # five 2x2 max-pools
+            protocol="no ImageNet result: CIFAR test error in notes",
+            source="own",
+            notes=f"CIFAR network of {_depth} convolutions on the deepest path (params at 1000 classes)",
+        )
+    )
