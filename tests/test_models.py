@@ -681,3 +681,20 @@ def test_catalogue_table_lists_measured_counts(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "resnet18" in out and "resnet152" in out and "alexnet" not in out
     assert "11.69" in out and "1.81" in out  # ResNet-18: params (M) and GMACs, measured on the meta device
+
+
+def test_own_networks_build_through_timm_after_import_trainer() -> None:
+    """A fresh interpreter: `import trainer` alone registers every network written here in timm's registry."""
+    import subprocess
+    import sys
+
+    own = sorted({get_entry(n).builder for n in ALL_MODELS if get_entry(n).source == "own"})
+    code = (
+        "import sys, timm, torch, trainer\n"
+        "names = sys.argv[1:]\n"
+        "with torch.device('meta'):\n"
+        "    for n in names: timm.create_model(n, pretrained=False)\n"
+        "print(len(names))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *own], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(len(own))] and len(own) >= 30

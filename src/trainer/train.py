@@ -117,6 +117,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_results"):
+                logger.log_results(results)  # wandb: the results into the run summary, then close the run
         print(
             f"val top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%  after {results['epochs']} epochs "
             f"({wall_time:.0f} s)\nrun directory: {run_dir}",

@@ -9,9 +9,12 @@ was missing or unexpected.
 from __future__ import annotations
 
 import inspect
+import pickle
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -45,21 +48,38 @@ class LoadReport:
         return "; ".join(parts)
 
 
+def load_tensors_only(path: str | Path) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers, never arbitrary pickled objects (a
+    pickle can run code when unpickled). A file that needs more is refused with one line saying so."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" (e.g. {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"'{path}' holds pickled Python objects{what}, not only tensors; refusing to unpickle it since that can "
+            f"run code: re-save it as a plain state_dict (torch.save(model.state_dict(), ...)) or as safetensors"
+        ) from None
+    except Exception as e:  # a torn or foreign file: say which
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"cannot read weights file '{path}': {type(e).__name__}: {reason}") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors in a weights or checkpoint file, with wrapper prefixes removed."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model.init_from '{path}' does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             obj = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn or foreign file: say which
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"cannot read weights file '{path}': {type(e).__name__}: {reason}") from None
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(f"cannot read weights file '{path}': {type(e).__name__}: {reason}") from None
+    else:
+        obj = load_tensors_only(path)
     for key in _STATE_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Tabulate training runs and their evaluations beside the papers' numbers.
+
+    python scripts/report.py runs/                       # every run under runs/ (any depth)
+    python scripts/report.py runs/a runs/b --out report  # named runs; writes report.md and report.csv
+
+One row per evaluation (`eval_<protocol>.json` written by evaluate.py) of each run, or one row from the run's own
+last validation (`results.json`, protocol "center") where it has none. The paper's top-1/top-5 come from the model's
+catalogue entry, or from the recipe's `recipe_info` when the entry has none; nothing is retyped here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.errors import ConfigError
+from trainer.models import get_entry
+from trainer.models.catalogue import TIMM_PREFIX
+from trainer.models.complexity import count_macs, meta_model
+
+COLUMNS = (
+    "model",
+    "recipe",
+    "epochs",
+    "protocol",
+    "top1",
+    "top5",
+    "paper_top1",
+    "diff_top1",
+    "paper_top5",
+    "diff_top5",
+    "paper_protocol",
+    "params",
+    "gmacs",
+    "train_time_s",
+    "images_per_sec",
+    "run",
+)
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories: each path that holds a results.json, else every folder below it that does."""
+    runs: list[Path] = []
+    for path in paths:
+        if (path / "results.json").is_file():
+            runs.append(path)
+        else:
+            runs += sorted(p.parent for p in path.rglob("results.json"))
+    return sorted(dict.fromkeys(runs))
+
+
+def paper_numbers(model: str, cfg: DictConfig) -> tuple[float | None, float | None, str | None]:
+    """(top-1, top-5, protocol) the paper reports for `model`: its catalogue entry, else the recipe's recipe_info."""
+    if not model.startswith(TIMM_PREFIX):
+        try:
+            entry = get_entry(model)
+        except ConfigError:
+            entry = None
+        if entry is not None and entry.top1 is not None:
+            return entry.top1, entry.top5, entry.protocol
+    info = cfg.get("recipe_info")
+    if info and info.get("model") == model and info.get("top1") is not None:
+        return info.top1, info.get("top5"), info.get("protocol")
+    return None, None, None
+
+
+def _gmacs(model: str, cfg: DictConfig) -> float | None:
+    try:
+        num_classes = int(cfg.data.get("num_classes") or 1000)
+        net = meta_model(model, num_classes=num_classes, **dict(cfg.model.get("kwargs") or {}))
+        return count_macs(net, int(cfg.data.resolution)) / 1e9
+    except Exception:  # a model that cannot be built on the meta device: leave the cell empty
+        return None
+
+
+def _diff(value: float | None, paper: float | None) -> float | None:
+    return None if value is None or paper is None else value - paper
+
+
+def run_rows(run: Path) -> list[dict[str, Any]]:
+    cfg = OmegaConf.load(run / "config.yaml")
+    results = json.loads((run / "results.json").read_text())
+    model = str(cfg.model.name)
+    paper_top1, paper_top5, paper_protocol = paper_numbers(model, cfg)
+    common = {
+        "model": model,
+        "recipe": cfg.recipe_info.name if cfg.get("recipe_info") else "",
+        "epochs": results.get("epochs"),
+        "paper_top1": paper_top1,
+        "paper_top5": paper_top5,
+        "paper_protocol": paper_protocol,
+        "params": results.get("params"),
+        "gmacs": _gmacs(model, cfg),
+        "train_time_s": results.get("wall_time_s"),
+        "run": str(run),
+    }
+    evaluations = []
+    for path in sorted(run.glob("eval_*.json")):
+        data = json.loads(path.read_text())
+        if "protocol" in data and not path.stem.endswith("_confusion"):
+            evaluations.append(data)
+    # evaluate.py also writes the centre-crop result under its older name, eval_<split>.json: count it once
+    unique = {(e["protocol"], e.get("split"), e.get("ckpt_sha256"), e.get("weights")): e for e in evaluations}
+    sources = list(unique.values()) or [dict(results, protocol="center")]
+    return [
+        {
+            **common,
+            "protocol": e["protocol"],
+            "top1": e.get("top1"),
+            "top5": e.get("top5"),
+            "diff_top1": _diff(e.get("top1"), paper_top1),
+            "diff_top5": _diff(e.get("top5"), paper_top5),
+            "images_per_sec": e.get("images_per_sec"),
+        }
+        for e in sources
+    ]
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:+.2f}" if column.startswith("diff_") else f"{value:.2f}"
+    return str(value)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [_cell(c, row[c]) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories, or folders holding runs")
+    parser.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.csv")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.paths)
+    if not runs:
+        parser.exit(2, f"error: no run (a folder with results.json) under {', '.join(map(str, args.paths))}\n")
+    rows = [row for run in runs for row in run_rows(run)]
+    table = markdown(rows)
+    print(table, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(table)
+        with open(args.out.with_suffix(".csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Test-time views of one image: the crops and flips each evaluation protocol averages over.
+
+Every function takes an image tensor (C, H, W), already resized and normalised, and returns a stack of views
+(V, C, size, size), so a batch of images becomes (B, V, C, size, size) and is scored in one forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def corner_and_center_crops(image: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Top-left, top-right, bottom-left, bottom-right and centre crops of `size` x `size`."""
+    height, width = image.shape[-2:]
+    if min(height, width) < size:
+        raise ValueError(f"a {height}x{width} image is smaller than the {size} px crop")
+    top, left = (height - size) // 2, (width - size) // 2
+    return [
+        image[..., :size, :size],
+        image[..., :size, width - size :],
+        image[..., height - size :, :size],
+        image[..., height - size :, width - size :],
+        image[..., top : top + size, left : left + size],
+    ]
+
+
+def with_flips(views: list[torch.Tensor]) -> torch.Tensor:
+    """The views followed by their horizontal mirror images, stacked: (2V, C, H, W)."""
+    stacked = torch.stack(views)
+    return torch.cat([stacked, stacked.flip(-1)])
+
+
+def ten_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """AlexNet's (Sec. 4.1) and ResNet's 10 views: the four corners and the centre, and their mirror images."""
+    return with_flips(corner_and_center_crops(image, size))
+
+
+def three_squares(image: torch.Tensor) -> list[torch.Tensor]:
+    """Left, centre and right squares of a landscape image (top, centre, bottom of a portrait one)."""
+    height, width = image.shape[-2:]
+    side = min(height, width)
+    if width >= height:
+        starts = (0, (width - side) // 2, width - side)
+        return [image[..., :, s : s + side] for s in starts]
+    starts = (0, (height - side) // 2, height - side)
+    return [image[..., s : s + side, :] for s in starts]
+
+
+def googlenet_crops(image: torch.Tensor, size: int) -> torch.Tensor:
+    """GoogLeNet's (Szegedy et al. 2015, Sec. 7) 18 crops of one scale with their mirrors, 36 views: of each of the
+    three squares, the four corner and the centre `size` crops and the square resized to `size`."""
+    views: list[torch.Tensor] = []
+    for square in three_squares(image):
+        views += corner_and_center_crops(square, size)
+        views.append(torch.nn.functional.interpolate(square[None], size=(size, size), mode="bilinear")[0])
+    return with_flips(views)

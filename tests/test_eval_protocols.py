@@ -1,0 +1,181 @@
+"""Test-time protocols: the views each one takes, how their scores are averaged, dense evaluation of a fully
+connected head, and every protocol end to end on a tiny real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from tests.conftest import compose_config, tiny_overrides
+from trainer.errors import CheckpointError, ConfigError
+from trainer.eval import FullyConvolutional, Protocol, fully_convolutional, score_scales, score_views, ten_crop
+from trainer.eval.views import googlenet_crops
+from trainer.evaluate import evaluate
+from trainer.models import create_model
+from trainer.models.complexity import meta_model
+from trainer.train import train
+
+
+class ToyModel(nn.Module):
+    """Not flip-invariant and position dependent, so every view gives other scores."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).relu().mean((-2, -1)))
+
+
+def _image(height: int = 9, width: int = 12) -> torch.Tensor:
+    return torch.arange(3 * height * width, dtype=torch.float32).reshape(3, height, width) / 100
+
+
+def test_ten_crop_takes_corners_centre_and_their_mirrors() -> None:
+    image = _image()
+    views = ten_crop(image, 6)
+    assert views.shape == (10, 3, 6, 6)
+    assert torch.equal(views[0], image[:, :6, :6]) and torch.equal(views[3], image[:, 3:, 6:])
+    assert torch.equal(views[4], image[:, 1:7, 3:9])  # centre
+    assert torch.equal(views[5:], views[:5].flip(-1))
+    assert not torch.equal(views[5], views[0])  # actually flipped
+
+
+def test_ten_crop_score_is_the_average_softmax_of_the_ten_views() -> None:
+    model = ToyModel().eval()
+    images = torch.stack([_image(), _image() * -1])
+    views = torch.stack([ten_crop(image, 6) for image in images])
+    by_hand = []
+    for image in images:
+        crops = [image[:, :6, :6], image[:, :6, 6:], image[:, 3:, :6], image[:, 3:, 6:], image[:, 1:7, 3:9]]
+        crops += [torch.flip(c, dims=[2]) for c in crops]
+        by_hand.append(sum(model(c[None]).softmax(-1)[0] for c in crops) / 10)
+    with torch.no_grad():
+        scores = score_views(model, views)
+        assert torch.allclose(scores, torch.stack(by_hand), atol=1e-6)
+        assert torch.equal(score_views(model, views, chunk=3), score_views(model, views, chunk=3))  # deterministic
+        assert torch.allclose(score_views(model, views, chunk=3), scores, atol=1e-6)
+
+
+def test_googlenet_crops_per_scale() -> None:
+    views = googlenet_crops(_image(9, 12), 6)
+    assert views.shape == (36, 3, 6, 6)  # 3 squares x 6 crops x 2 mirrors
+    assert torch.equal(views[18:], views[:18].flip(-1))
+    assert Protocol("googlenet_144", resolution=224, crop_ratio=0.875).views_per_image == 144
+
+
+def test_multi_scale_averages_every_scale_and_mirror() -> None:
+    model = ToyModel().eval()
+    small, large = _image(8, 8), _image(12, 16)
+    with torch.no_grad():
+        scores = score_scales(model, [[small, small * 2], [large, large * 2]])
+        expected = [
+            sum(model(v[None]).softmax(-1)[0] for s in (x, y) for v in (s, s.flip(-1))) / 4
+            for x, y in ((small, large), (small * 2, large * 2))
+        ]
+    assert torch.allclose(scores, torch.stack(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "views", "shape"),
+    [("ten_crop", 10, (10, 3, 32, 32)), ("googlenet_144", 144, (144, 3, 32, 32)), ("multi_scale", 10, None)],
+)
+def test_protocol_transforms(name: str, views: int, shape: tuple[int, ...] | None) -> None:
+    protocol = Protocol(name, resolution=32, crop_ratio=0.875)
+    assert protocol.views_per_image == views
+    out = protocol.transform()(Image.new("RGB", (48, 40)))
+    if shape is not None:
+        assert tuple(out.shape) == shape
+    else:  # one whole image per scale, shorter side = the ResNet scales x 32 / 224
+        assert protocol.pixel_scales == [32, 37, 55, 69, 91]
+        assert [min(x.shape[-2:]) for x in out] == protocol.pixel_scales
+
+
+def test_protocol_rejects_bad_names_and_scales() -> None:
+    with pytest.raises(ConfigError, match="eval.protocol='five_crop' is not one of center, ten_crop"):
+        Protocol("five_crop", resolution=224, crop_ratio=0.875)
+    with pytest.raises(ConfigError, match="eval.scales must be positive"):
+        Protocol("multi_scale", resolution=224, crop_ratio=0.875, scales=(256, 0))
+
+
+def test_alexnet_fc_head_as_convolutions_equals_the_fc_output_at_224() -> None:
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=10).eval()
+    dense = fully_convolutional(model)
+    assert isinstance(dense, FullyConvolutional)
+    assert [type(m) for m in dense.head if isinstance(m, nn.Conv2d | nn.Linear)] == [nn.Conv2d] * 3
+    assert dense.head[0].kernel_size == (6, 6)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(dense(x), model(x), rtol=1e-4, atol=1e-5)
+        assert dense(torch.randn(1, 3, 288, 320)).shape == (1, 10)  # a score map, averaged
+
+
+def test_globally_pooled_and_conv_mlp_heads_are_used_as_they_are() -> None:
+    for name in ("vgg16", "resnet18"):
+        model = meta_model(name)
+        assert fully_convolutional(model) is model
+
+
+# -- end to end on a tiny real run ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, sample_root: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("protocols") / "run"
+    train(compose_config([*tiny_overrides(run_dir, cache_dir), "trainer.limit_train_batches=2"]))
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def _evaluate(ckpt: Path, tmp_path: Path, cache_dir: Path, *overrides: str) -> dict:
+    given = [f"ckpt={ckpt}", *overrides]
+    cfg = compose_config([*tiny_overrides(tmp_path / "eval", cache_dir), *given], "eval")
+    return evaluate(cfg, overrides=given)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("protocol", "views"), [("center", 1), ("ten_crop", 10), ("multi_scale", 6)])
+def test_each_protocol_on_a_tiny_run(
+    tiny_ckpt: Path, cache_dir: Path, tmp_path: Path, protocol: str, views: int
+) -> None:
+    extra = ["eval.scales=[224,256,384]"] if protocol == "multi_scale" else []  # VGG's set at 32 px: 32, 37, 55
+    results = _evaluate(tiny_ckpt, tmp_path, cache_dir, f"eval.protocol={protocol}", *extra)
+    out = tiny_ckpt.parent.parent / f"eval_{protocol}.json"
+    saved = json.loads(out.read_text())
+    assert saved["top1"] == results["top1"] and saved["protocol"] == protocol
+    assert saved["views_per_image"] == views and saved["images"] > 0 and saved["images_per_sec"] > 0
+    assert 0 <= saved["top1"] <= saved["top5"] <= 100 and saved["loss"] > 0
+    assert len(saved["ckpt_sha256"]) == 64 and len(saved["per_class_top1"]) == 10
+    csv_rows = (out.parent / f"eval_{protocol}_confusion.csv").read_text().splitlines()
+    assert len(csv_rows) == 11 and sum(int(v) for r in csv_rows[1:] for v in r.split(",")[1:]) == saved["images"]
+    with Image.open(out.parent / f"eval_{protocol}_confusion.png") as png:
+        assert png.format == "PNG" and png.size[0] > 100
+    if protocol == "ten_crop":  # deterministic, and eval.out still names the file
+        again = _evaluate(tiny_ckpt, tmp_path, cache_dir, f"eval.protocol={protocol}", f"eval.out={tmp_path}/x.json")
+        assert again["top1"] == results["top1"] and again["loss"] == results["loss"]
+        assert (tmp_path / "x.json").is_file()
+
+
+@pytest.mark.slow
+def test_googlenet_144_on_a_tiny_run(tiny_ckpt: Path, cache_dir: Path, tmp_path: Path) -> None:
+    results = _evaluate(tiny_ckpt, tmp_path, cache_dir, "eval.protocol=googlenet_144", "eval.views_per_forward=512")
+    assert results["views_per_image"] == 144 and results["scales"] == [37, 41, 46, 50]
+
+
+@pytest.mark.slow
+def test_bad_protocol_resolution_and_weights_fail_in_one_line(tiny_ckpt: Path, cache_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="eval.protocol='dense' is not one of"):
+        _evaluate(tiny_ckpt, tmp_path, cache_dir, "eval.protocol=dense")
+    with pytest.raises(ConfigError, match="model 'resnet18' needs a resolution of at least 32 px; eval.resolution=16"):
+        _evaluate(tiny_ckpt, tmp_path, cache_dir, "eval.resolution=16")
+    with pytest.raises(ConfigError, match="gives a 18 px scale"):
+        _evaluate(tiny_ckpt, tmp_path, cache_dir, "eval.protocol=multi_scale", "eval.scales=[128,256]")
+    with pytest.raises(CheckpointError, match="eval.weights=ema: checkpoint .* has no EMA weights"):
+        _evaluate(tiny_ckpt, tmp_path, cache_dir, "eval.weights=ema")

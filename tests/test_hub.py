@@ -1,0 +1,221 @@
+"""Export, loading and publishing (trainer.hub, scripts/export.py, scripts/publish.py) on tiny real runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from tests.conftest import PYTHON, ROOT, compose_config, tiny_overrides
+from trainer.builders import fill_data_defaults
+from trainer.cli import EXIT_USER_ERROR
+from trainer.errors import CheckpointError
+from trainer.hub import HubError, check_repo_id, export, load, publish, read_checkpoint, rebuild
+from trainer.models import create_model, get_entry, list_models
+from trainer.models.weights import read_state_dict
+from trainer.train import train
+
+FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtoken1234"
+
+
+def _train(run_dir: Path, cache_dir: Path, *overrides: str) -> Path:
+    cfg = compose_config(
+        [
+            *tiny_overrides(run_dir, cache_dir),
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            *overrides,
+        ]
+    )
+    train(cfg)
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def resnet_ckpt(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, sample_root: Path) -> Path:
+    return _train(tmp_path_factory.mktemp("resnet") / "run", cache_dir, "model=resnet18", "ema.decay=0.9")
+
+
+@pytest.fixture(scope="module")
+def alexnet_ckpt(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, sample_root: Path) -> Path:
+    return _train(tmp_path_factory.mktemp("alexnet") / "run", cache_dir, "model=alexnet", "data.resolution=64")
+
+
+def _reference_logits(ckpt: Path, x: torch.Tensor) -> torch.Tensor:
+    model, _ = rebuild(read_checkpoint(ckpt))
+    with torch.no_grad():
+        return model(x)
+
+
+def _run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd or ROOT
+    )
+
+
+def test_export_writes_a_timm_folder_with_ema_weights(resnet_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    result = export(resnet_ckpt, out)
+    assert result.weights == "ema" and result.architecture == "resnet18"
+    expected = {"model.safetensors", "config.json", "README.md", "train_config.yaml", "results.json"}
+    assert expected | {"training_curves.png"} == set(result.files)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "resnet18" and config["num_classes"] == 10 and config["num_features"] == 512
+    assert config["label_names"] == [str(d) for d in range(10)]
+    pretrained = config["pretrained_cfg"]
+    for key in ("input_size", "crop_pct", "interpolation", "mean", "std", "classifier", "first_conv"):
+        assert key in pretrained, key
+    assert pretrained["input_size"] == [3, 32, 32] and "tag" not in pretrained  # not timm's own weights' tag
+    # weights only, and the EMA ones
+    weights = read_state_dict(out / "model.safetensors")
+    checkpoint = torch.load(resnet_ckpt, map_location="cpu", weights_only=True)
+    ema = {k.removeprefix("ema.module."): v for k, v in checkpoint["state_dict"].items() if k.startswith("ema.module.")}
+    assert set(weights) == set(ema) and all(torch.equal(weights[k], ema[k]) for k in ema)
+    card = (out / "README.md").read_text()
+    for text in (
+        "Deep Residual Learning",
+        "exponential moving average",
+        "GMACs",
+        "72.12",
+        "training_curves.png",
+        'timm.create_model("local-dir:',
+        "trainer.hub.load",
+        "license: apache-2.0",
+        "sample set",
+    ):
+        assert text in card, text
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["model"]["name"] == "resnet18"
+    assert json.loads((out / "results.json").read_text())["weights"] == "ema"
+
+
+def test_timm_loads_a_timm_architecture_without_trainer(resnet_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(resnet_ckpt, out)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, timm, torch\n"
+        f"m = timm.create_model('local-dir:{out}', pretrained=True).eval()\n"
+        "assert not any(n == 'trainer' or n.startswith('trainer.') for n in sys.modules), 'trainer was imported'\n"
+        f"with torch.no_grad(): torch.save(m(torch.load('{tmp_path / 'x.pt'}')), '{tmp_path / 'y.pt'}')\n"
+    )
+    proc = _run("-c", code, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), _reference_logits(resnet_ckpt, x), atol=1e-5, rtol=0)
+
+
+def test_own_architecture_loads_through_trainer(alexnet_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "alexnet"
+    export(alexnet_ckpt, out)
+    assert json.loads((out / "config.json").read_text())["architecture"] == "alexnet"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = load(f"local-dir:{out}")(x)
+    torch.testing.assert_close(y, _reference_logits(alexnet_ckpt, x), atol=1e-5, rtol=0)
+    assert "import trainer.models" in (out / "README.md").read_text()
+    code = f"import timm, trainer.models; timm.create_model('local-dir:{out}', pretrained=True)"
+    assert _run("-c", code, cwd=tmp_path).returncode == 0
+
+
+def test_export_refuses_bad_input(resnet_ckpt: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare.ckpt"
+    checkpoint = torch.load(resnet_ckpt, map_location="cpu", weights_only=True)
+    torch.save({"state_dict": checkpoint["state_dict"]}, bare)
+    with pytest.raises(CheckpointError, match="has no saved config"):
+        export(bare, tmp_path / "a")
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(HubError, match="exists; pass overwrite=true"):
+        export(resnet_ckpt, tmp_path / "exists")
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pickled.pt"
+    torch.save({"w": torch.zeros(1), "opts": Path("x")}, path)
+    with pytest.raises(CheckpointError, match="holds pickled Python objects .*pathlib"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("repo_id", ["name-only", "a/b/c", "/x", "org/", "org/na me"])
+def test_repo_id_must_be_org_slash_name(repo_id: str) -> None:
+    with pytest.raises(HubError, match="not of the form <org>/<name>"):
+        check_repo_id(repo_id)
+
+
+def test_publish_without_a_token_uploads_nothing(resnet_ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored `huggingface-cli login` token
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub
+
+    def no_upload(*args, **kwargs):
+        raise AssertionError("tried to reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", no_upload)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", no_upload)
+    with pytest.raises(HubError, match="set HF_TOKEN or run `huggingface-cli login`; nothing was uploaded"):
+        publish(resnet_ckpt, "my-lab/resnet18-digits", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_publish_dry_run_lists_files_and_never_writes_the_token(resnet_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {"HF_TOKEN": FAKE_TOKEN, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    args = ["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo_id=my-lab/resnet18-digits", "private=true"]
+    proc = _run(*args, f"out={out}", "--dry-run", env=env)
+    assert proc.returncode == 0, proc.stderr
+    listed = dict(line.split()[:2] for line in proc.stdout.splitlines()[1:] if line.startswith("  "))
+    sizes = {p.name: str(p.stat().st_size) for p in out.iterdir()}
+    assert {k: v for k, v in listed.items() if k != "total"} == sizes
+    assert "would upload to my-lab/resnet18-digits (private model repo)" in proc.stdout
+    assert "token: found; nothing was uploaded" in proc.stdout and FAKE_TOKEN not in proc.stdout + proc.stderr
+    assert "hf-hub:my-lab/resnet18-digits" in (out / "README.md").read_text()
+    run_dir = resnet_ckpt.parent.parent
+    for path in [*out.rglob("*"), *run_dir.rglob("*")]:
+        if path.is_file():
+            assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_scripts_fail_with_one_line(resnet_ckpt: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": torch.load(resnet_ckpt, map_location="cpu", weights_only=True)["state_dict"]}, bare)
+    for args, message in (
+        (["scripts/export.py", f"ckpt={bare}", f"out={tmp_path / 'b'}"], "has no saved config"),
+        (["scripts/export.py", f"ckpt={resnet_ckpt}", f"out={tmp_path}"], "exists; pass overwrite=true"),
+        (["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo_id=nothing", "--dry-run"], "not of the form"),
+        (["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo=a/b"], "unknown argument 'repo'"),
+    ):
+        proc = _run(*args, env={"HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == EXIT_USER_ERROR, proc.stderr
+        assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert message in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_every_catalogue_model_exports_and_loads(name: str, tmp_path: Path) -> None:
+    """A checkpoint as train.py writes it (raw weights, saved config) of every catalogue model round-trips."""
+    resolution = max(get_entry(name).min_resolution, 64)
+    cfg = compose_config([f"model={name}", f"data.resolution={resolution}", f"run_dir={tmp_path}"])
+    fill_data_defaults(cfg)
+    model = create_model(name, num_classes=10, **cfg.model.kwargs).eval()
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "trainer_config": OmegaConf.to_container(cfg, resolve=True),
+        "class_names": [str(d) for d in range(10)],
+    }
+    torch.save(checkpoint, tmp_path / "last.ckpt")
+    export(tmp_path / "last.ckpt", tmp_path / "export")
+    x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        # equal_nan: a randomly initialised ResNet-1001 overflows in eval; the export must not change that either
+        torch.testing.assert_close(
+            load(f"local-dir:{tmp_path / 'export'}")(x), model(x), atol=1e-5, rtol=0, equal_nan=True
+        )
