@@ -11,8 +11,11 @@ torch_spec="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 
 # System packages: FFCV's build needs a JPEG and an OpenCV library. Installed when missing and we are root on a
 # Debian/Ubuntu machine (CI, containers); elsewhere the line to run is printed and the ffcv extra is skipped.
-extras="dev,ffcv"
+extras="dev,ffcv,slurm"
 apt_packages="pkg-config libturbojpeg0-dev libopencv-dev"
+# WITH_SLURM=1 (.ci/run): also Debian's SLURM daemons and munge, for the tests' one-node cluster on localhost
+# (scripts/slurm_local.sh). Without them the SLURM tests skip, saying so.
+[ "${WITH_SLURM:-0}" = 1 ] && apt_packages="$apt_packages slurmctld slurmd slurm-client munge"
 missing=""
 for p in $apt_packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -22,7 +25,7 @@ if [ -n "$missing" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     else
         echo "warning: FFCV needs the system packages:$missing (sudo apt-get install$missing); setting up without ffcv" >&2
-        extras="dev"
+        extras="dev,slurm"
     fi
 fi
 
