@@ -4,8 +4,10 @@ once per session into a temporary cache."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,26 @@ def tiny_cfg(tmp_path: Path, cache_dir: Path, sample_root: Path) -> Callable[...
         return compose_config([*tiny_overrides(tmp_path / "run", cache_dir), *overrides], config_name)
 
     return make
+
+
+SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[str]:
+    """A real one-node SLURM cluster on localhost (scripts/slurm_local.sh), started once per session and stopped at
+    its end; yields the partition name. Skips, naming what is missing, only where the SLURM binaries are absent
+    (.ci/run installs them, so CI never skips)."""
+    missing = [b for b in SLURM_BINARIES if shutil.which(b) is None]
+    if missing:
+        pytest.skip(
+            f"SLURM binaries not installed: {', '.join(missing)} (apt-get install slurmctld slurmd slurm-client munge)"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster is started as root")
+    script = ROOT / "scripts" / "slurm_local.sh"
+    subprocess.run(["bash", str(script), "start"], check=True, timeout=120)
+    try:
+        yield "debug"
+    finally:
+        subprocess.run(["bash", str(script), "stop"], check=False, timeout=60)
