@@ -76,7 +76,8 @@ def _measure(cfg: DictConfig) -> dict[str, Any]:
         kwargs = dict(cfg.model.get("kwargs") or {})
         net = meta_model(cfg.model.name, num_classes=int(cfg.data.get("num_classes") or 1000), **kwargs)
         blocks = sum(len(stage) for stage in net.blocks) if hasattr(net, "blocks") else None
-        return {"resolution": int(cfg.data.resolution), "blocks": blocks, "gmacs": count_macs(net, cfg.data.resolution) / 1e9}
+        gmacs = count_macs(net, cfg.data.resolution) / 1e9
+        return {"resolution": int(cfg.data.resolution), "blocks": blocks, "gmacs": gmacs}
     except (UserError, ValueError, TypeError, RuntimeError) as e:  # a point whose network cannot be built
         return {"measure_error": str(e).splitlines()[0]}
 
@@ -147,7 +148,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             if r.get("phi") is not None and len(members) > 1:
                 ax.annotate(f"phi={r['phi']:g}", (r["gmacs"], r["top1"]), textcoords="offset points", xytext=(4, 4))
     failed = sum(r["status"] != "ok" for r in rows)
-    ax.set(xlabel="GMACs per image", ylabel="top-1 (%)", title="top-1 vs GMACs" + (f" ({failed} failed)" if failed else ""))
+    title = "top-1 vs GMACs" + (f" ({failed} failed)" if failed else "")
+    ax.set(xlabel="GMACs per image", ylabel="top-1 (%)", title=title)
     if families:
         ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (hydra.sweep.dir)")
-    parser.add_argument("--out", type=Path, default=None, help="output path without suffix (default <dir>/sweep_report)")
+    parser.add_argument("--out", type=Path, default=None, help="output path, no suffix (default <dir>/sweep_report)")
     args = parser.parse_args(argv)
     with user_errors():
         rows, md = write_report(args.sweep_dir, args.out)

@@ -131,7 +131,11 @@ def test_bad_sweeps_fail_in_one_line(overrides: list[str], message: str, tmp_pat
 def _check_compound_report(sweep_dir: Path, expected: list[tuple[float, float, float]], base: int) -> None:
     """The report's rows: the closed form (d, w, r; resolution round(base * gamma^phi); B0's repeats rounded up)."""
     proc = subprocess.run(
-        [sys.executable, "scripts/sweep_report.py", str(sweep_dir)], cwd=ROOT, env=_env(), capture_output=True, text=True
+        [sys.executable, "scripts/sweep_report.py", str(sweep_dir)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     with (sweep_dir / "sweep_report.csv").open() as f:
@@ -174,7 +178,11 @@ def test_a_crashing_point_is_recorded_and_the_others_run(tmp_path: Path, cache_d
     sweep_dir = tmp_path / "multirun"
     assert (sweep_dir / "1" / "results.json").is_file() and (sweep_dir / "0" / "failed.json").is_file()
     report = subprocess.run(
-        [sys.executable, "scripts/sweep_report.py", str(sweep_dir)], cwd=ROOT, env=_env(), capture_output=True, text=True
+        [sys.executable, "scripts/sweep_report.py", str(sweep_dir)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
     )
     assert report.returncode == 0, report.stderr
     with (sweep_dir / "sweep_report.csv").open() as f:

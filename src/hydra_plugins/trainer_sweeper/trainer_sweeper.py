@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional  # noqa: UP035
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import TaskFunction
 from omegaconf import DictConfig, OmegaConf
-
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 COMPOUND_MODES = (None, "grid", "scale")
 
@@ -112,7 +111,10 @@ class TrainerSweeper(BasicSweeper):
             keep = [satisfies(*v[1:], target=self.target, tolerance=self.tolerance) for v in values]
             if not any(keep):
                 raise no_point_error([v[1:] for v in values], self.target, self.tolerance)
-            jobs, values = [j for j, k in zip(jobs, keep) if k], [v for v, k in zip(values, keep) if k]
+            jobs, values = (
+                [j for j, k in zip(jobs, keep, strict=True) if k],
+                [v for v, k in zip(values, keep, strict=True) if k],
+            )
         for v in values:
             check_point(*v)
         return jobs

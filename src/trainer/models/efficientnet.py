@@ -29,8 +29,8 @@ from typing import Any
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT
 from timm.models import generate_default_cfgs, register_model
+from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT
 from timm.models.efficientnet import EfficientNet, _gen_efficientnet
 
 from trainer.errors import ConfigError
