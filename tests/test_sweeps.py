@@ -16,7 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, compose_config
+from trainer.builders import build_model, fill_data_defaults
 from trainer.errors import ConfigError
 from trainer.sweeps import check_point, compound_product, enumerate_grid, satisfies
 
@@ -215,3 +216,20 @@ def test_compound_sweep_through_submitit_on_slurm(
     submitit_logs = list((tmp_path / "multirun" / ".submitit").rglob("*_log.out"))
     assert len(submitit_logs) == 2, "one SLURM job per point"
     _check_compound_report(tmp_path / "multirun", [(1.2, 1.1, 1.15), (1.4, 1.2, 1.0)], base=32)
+
+
+@pytest.mark.parametrize("sweep", ["compound_grid", "compound_scale", "lr_wd"])
+def test_every_sweep_composes(sweep: str) -> None:
+    cfg = compose_config([f"sweep={sweep}"])
+    assert OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_compound_scale_resolution_and_regularisation_flow_from_phi() -> None:
+    """data.resolution = round(base * gamma^phi) through the model defaults; dropout from the B0-B7 table at phi,
+    drop-path from the recipe."""
+    cfg = compose_config(["sweep=compound_scale", "sweep.phi=2", "sweep.base_resolution=32", "recipe=efficientnet"])
+    fill_data_defaults(cfg)
+    assert cfg.data.resolution == round(32 * 1.15**2) == 42
+    model = build_model(cfg, num_classes=10)
+    assert model.drop_rate == 0.3 and cfg.model.drop_path_rate == 0.2
+    assert sum(len(s) for s in model.blocks) == sum(math.ceil(r * 1.2**2) for r in B0_REPEATS)
