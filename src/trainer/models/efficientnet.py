@@ -89,7 +89,11 @@ def efficientnet(
 
 
 def compound_resolution(
-    phi: float, alpha: float = 1.2, beta: float = 1.1, gamma: float = 1.15, base_resolution: int = BASE_RESOLUTION
+    phi: float = 0.0,
+    alpha: float = 1.2,
+    beta: float = 1.1,
+    gamma: float = 1.15,
+    base_resolution: int = BASE_RESOLUTION,
 ) -> int:
     """round(base_resolution * gamma^phi); phi < 0, or a base below 1 (Eq. 3), is a one-line ConfigError."""
     if not phi >= 0:
