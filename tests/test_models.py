@@ -120,6 +120,7 @@ REFERENCE: dict[str, Reference] = {
         differs="the default build adds the paper's auxiliary head (93.32 M); aux_logits=False is timm's 88.75 M",
     ),
     "efficientnet_b0": Reference(5.29, 0.39),
+    "efficientnet_compound": Reference(5.29, 0.39),  # phi=0 is B0
     "efficientnet_b1": Reference(7.79, 0.69),
     # torchvision's 1.09 GMACs for B2 is the same network (9,109,994 parameters) counted at 272 px, not the paper's 260
     "efficientnet_b2": Reference(9.11, None),

@@ -23,7 +23,7 @@ _MODEL_DEFAULTED = ("resolution", "crop_ratio", "interpolation", "mean", "std")
 
 def fill_data_defaults(cfg: DictConfig) -> None:
     """Set each `data.<key>` left null from the model's defaults (paper resolution and crop, timm mean/std)."""
-    defaults = data_defaults(cfg.model.name)
+    defaults = data_defaults(cfg.model.name, cfg.model.get("kwargs"))
     for key in _MODEL_DEFAULTED:
         if cfg.data.get(key) is None:
             value = getattr(defaults, key)

@@ -11,7 +11,7 @@ import dataclasses
 import fnmatch
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -66,6 +66,8 @@ class ModelEntry:
     source: str = "timm"  # "timm" (timm implements the paper's network) or "own" (written here)
     notes: str = ""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # input defaults that depend on the constructor arguments (compound scaling's resolution): kwargs -> overrides
+    data_defaults_from_kwargs: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
@@ -169,7 +171,13 @@ def accepted_kwargs(name: str) -> frozenset[str] | None:
             model_cls = type(timm.create_model(timm_name, pretrained=False, **defaults))
     except Exception:
         return None
-    return frozenset(_init_arguments(model_cls) | _BUILDER_KWARGS)
+    return frozenset(_init_arguments(model_cls) | _entrypoint_arguments(timm_name) | _BUILDER_KWARGS)
+
+
+def _entrypoint_arguments(timm_name: str) -> set[str]:
+    """The named arguments of the registered builder itself (e.g. efficientnet_compound's phi, alpha, beta, gamma)."""
+    params = inspect.signature(timm.models.model_entrypoint(timm_name)).parameters.values()
+    return {p.name for p in params if p.kind not in _VARIADIC and p.name != "pretrained"}
 
 
 def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
@@ -240,12 +248,16 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, **kwargs
     return model
 
 
-def data_defaults(name: str) -> DataDefaults:
-    """Input resolution, crop ratio and interpolation from the paper (catalogue) or timm, mean/std from timm."""
+def data_defaults(name: str, kwargs: Mapping[str, Any] | None = None) -> DataDefaults:
+    """Input resolution, crop ratio and interpolation from the paper (catalogue) or timm, mean/std from timm; for an
+    entry whose input follows from its constructor arguments (`data_defaults_from_kwargs`), from `kwargs`."""
     timm_name, _ = _timm_name(name)
     cfg = timm.models.get_pretrained_cfg(timm_name)
     mean, std = tuple(cfg.mean), tuple(cfg.std)
     if name.startswith(TIMM_PREFIX):
         return DataDefaults(cfg.input_size[-1], cfg.crop_pct, cfg.interpolation or "bilinear", mean, std)
     entry = get_entry(name)
-    return DataDefaults(entry.resolution, entry.crop_ratio, entry.interpolation, mean, std)
+    defaults = DataDefaults(entry.resolution, entry.crop_ratio, entry.interpolation, mean, std)
+    if entry.data_defaults_from_kwargs is not None:
+        defaults = dataclasses.replace(defaults, **entry.data_defaults_from_kwargs(kwargs or {}))
+    return defaults

@@ -14,17 +14,24 @@ the nearest multiple of 8 (never below 90 % of the exact value; timm's `round_ch
 `round_filters`), stage repeats are rounded up (`ceil`, the official `round_repeats`), the stem (32) and head (1280)
 are scaled as the official code does. Resolution is round(224 * gamma^phi). Dropout follows the B0-B7 table at the
 nearest integer phi (clamped to 0..7): the paper publishes dropout only for those eight models.
+
+`efficientnet_compound` is the same builder as a catalogue model, so that Hydra can select it: `model=
+efficientnet_compound +model.kwargs.phi=1 ...` (phi, alpha, beta, gamma and `base_resolution` are its constructor
+arguments; its data defaults, resolution and crop, follow from them). `base_resolution` is B0's 224 px; a study on
+a small data set scales from that set's own size (the sample set's 32 px) instead.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import generate_default_cfgs, register_model
 from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT
-from timm.models.efficientnet import _gen_efficientnet
+from timm.models.efficientnet import EfficientNet, _gen_efficientnet
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, register
@@ -56,19 +63,16 @@ def efficientnet(
     beta: float = 1.1,
     gamma: float = 1.15,
     num_classes: int = 1000,
+    base_resolution: int = BASE_RESOLUTION,
     **kwargs: Any,
 ) -> tuple[nn.Module, int]:
     """EfficientNet-B0 scaled by the compound coefficient `phi` (Sec. 3.3, Eq. 3): (model, input resolution).
 
     alpha, beta, gamma: the depth, width and resolution bases (the paper's grid search on B0 at phi=1 found
-    1.2, 1.1, 1.15, with alpha * beta^2 * gamma^2 ~= 2). kwargs go to timm's EfficientNet (e.g. `drop_rate`).
+    1.2, 1.1, 1.15, with alpha * beta^2 * gamma^2 ~= 2). base_resolution: phi=0's input size (B0: 224).
+    kwargs go to timm's EfficientNet (e.g. `drop_rate`).
     """
-    if not phi >= 0:
-        raise ConfigError(f"efficientnet: phi must be >= 0, got {phi}")
-    for arg, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if not value >= 1:
-            raise ConfigError(f"efficientnet: {arg} must be >= 1 (Eq. 3), got {value}")
-    resolution = round(BASE_RESOLUTION * gamma**phi)
+    resolution = compound_resolution(phi, alpha, beta, gamma, base_resolution)
     kwargs.setdefault("drop_rate", DROPOUT[min(round(phi), len(DROPOUT) - 1)])
     kwargs.setdefault("drop_path_rate", DROP_CONNECT)
     kwargs.setdefault("bn_eps", BN_EPS_TF_DEFAULT)  # the TF form, as tf_efficientnet_b*
@@ -82,6 +86,54 @@ def efficientnet(
         **kwargs,
     )
     return model, resolution
+
+
+def compound_resolution(
+    phi: float = 0.0,
+    alpha: float = 1.2,
+    beta: float = 1.1,
+    gamma: float = 1.15,
+    base_resolution: int = BASE_RESOLUTION,
+) -> int:
+    """round(base_resolution * gamma^phi); phi < 0, or a base below 1 (Eq. 3), is a one-line ConfigError."""
+    if not phi >= 0:
+        raise ConfigError(f"efficientnet: phi must be >= 0, got {phi}")
+    for arg, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if not value >= 1:
+            raise ConfigError(f"efficientnet: {arg} must be >= 1 (Eq. 3), got {value}")
+    if not base_resolution >= 1:
+        raise ConfigError(f"efficientnet: base_resolution must be >= 1 px, got {base_resolution}")
+    return round(base_resolution * gamma**phi)
+
+
+default_cfgs = generate_default_cfgs({"efficientnet_compound": _cfg(BASE_RESOLUTION)})
+
+
+@register_model
+def efficientnet_compound(
+    pretrained: bool = False,
+    phi: float = 0.0,
+    alpha: float = 1.2,
+    beta: float = 1.1,
+    gamma: float = 1.15,
+    base_resolution: int = BASE_RESOLUTION,
+    **kwargs: Any,
+) -> EfficientNet:
+    """`efficientnet(phi, alpha, beta, gamma)` as a timm model (no weights: every scaled network is new)."""
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay"):  # timm's; the scaled network carries its own cfg
+        kwargs.pop(key, None)
+    return efficientnet(phi, alpha, beta, gamma, base_resolution=base_resolution, **kwargs)[0]
+
+
+def compound_data_defaults(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The input a compound-scaled network expects: resolution round(base * gamma^phi), and the B0-B7 eval crop
+    r / (r + 32) with the 32 px padding scaled by base / 224 (at the sample set's 32 px base, 32 px of padding would
+    cut away half of each digit)."""
+    names = ("phi", "alpha", "beta", "gamma", "base_resolution")
+    given = {k: kwargs[k] for k in names if kwargs.get(k) is not None}
+    resolution = compound_resolution(**given)
+    padding = 32 * given.get("base_resolution", BASE_RESOLUTION) / BASE_RESOLUTION
+    return {"resolution": resolution, "crop_ratio": resolution / (resolution + padding)}
 
 
 PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", "Tan, Le", 2019, "1905.11946")
@@ -117,3 +169,21 @@ for _i, (_params, _resolution, _top1, _top5) in enumerate(
             kwargs={"drop_rate": DROPOUT[_i], "drop_path_rate": DROP_CONNECT},
         )
     )
+
+register(
+    ModelEntry(
+        name="efficientnet_compound",
+        builder="efficientnet_compound",
+        family="efficientnet",
+        paper=PAPER,
+        params=5_288_548,  # phi=0: B0
+        recipe="efficientnet",
+        resolution=BASE_RESOLUTION,
+        crop_ratio=BASE_RESOLUTION / (BASE_RESOLUTION + 32),
+        interpolation="bicubic",
+        protocol="1-crop",
+        source="own",
+        notes="compound scaling (Sec. 3.3): kwargs phi, alpha, beta, gamma, base_resolution; phi=0 is B0",
+        data_defaults_from_kwargs=compound_data_defaults,
+    )
+)

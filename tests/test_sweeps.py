@@ -1,0 +1,235 @@
+"""Sweeps: the compound-scaling grid (Tan & Le 2019, Sec. 3.3), the `trainer` sweeper run through train.py with the
+local and the SLURM launcher, and scripts/sweep_report.py over what they wrote."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from tests.conftest import ROOT, compose_config
+from trainer.builders import build_model, fill_data_defaults
+from trainer.errors import ConfigError
+from trainer.sweeps import check_point, compound_product, enumerate_grid, satisfies
+
+GRID_CONFIG = OmegaConf.load(ROOT / "conf" / "sweep" / "compound_grid.yaml")
+B0_REPEATS = (1, 2, 2, 3, 3, 4, 1)  # EfficientNet-B0's stage repeats (Table 1)
+
+
+def _axis(key: str) -> list[float]:
+    return [float(v) for v in GRID_CONFIG.hydra.sweeper.params[key].split(",")]
+
+
+PAPER_GRID = [_axis(f"sweep.{k}") for k in ("alpha", "beta", "gamma")]
+
+
+@pytest.mark.parametrize("tolerance", [0.04, 0.1, 0.3])
+@pytest.mark.parametrize("target", [1.5, 2.0])
+def test_grid_emits_exactly_the_points_within_the_constraint(target: float, tolerance: float) -> None:
+    grid = [[0.95, 1.0, 1.1, 1.2, 1.3, 1.4], [1.0, 1.05, 1.1, 1.15, 1.2], [0.9, 1.0, 1.1, 1.15, 1.2]]
+    emitted = enumerate_grid(*grid, target=target, tolerance=tolerance)
+    for a, b, g in emitted:
+        assert min(a, b, g) >= 1 and abs(a * b**2 * g**2 - target) <= tolerance + 1e-9
+    outside = set(itertools.product(*grid)) - set(emitted)
+    for a, b, g in outside:
+        assert min(a, b, g) < 1 or abs(a * b**2 * g**2 - target) > tolerance
+    assert len(emitted) == len(set(emitted))
+
+
+def test_the_papers_point_is_on_the_configured_grid() -> None:
+    target, tolerance = GRID_CONFIG.sweep.target, GRID_CONFIG.sweep.tolerance
+    points = enumerate_grid(*PAPER_GRID, target=target, tolerance=tolerance)
+    assert (1.2, 1.1, 1.15) in points
+    assert compound_product(1.2, 1.1, 1.15) == pytest.approx(1.9203, abs=1e-4)
+
+
+def test_no_point_in_the_constraint_names_the_closest_product() -> None:
+    with pytest.raises(ConfigError, match=r"closest: 1\.1025 at alpha=1, beta=1, gamma=1\.05"):
+        enumerate_grid([1.0], [1.0], [1.0, 1.05], target=2.0, tolerance=0.1)
+    with pytest.raises(ConfigError, match="every value >= 1"):
+        enumerate_grid([0.9], [0.9], [0.9])
+
+
+def test_bad_points_fail() -> None:
+    with pytest.raises(ConfigError, match="sweep.phi must be >= 0"):
+        check_point(-1, 1.2, 1.1, 1.15)
+    with pytest.raises(ConfigError, match="sweep.beta must be >= 1"):
+        check_point(1, 1.2, 0.9, 1.15)
+    assert not satisfies(0.99, 1.2, 1.2)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HYDRA_FULL_ERROR": "0"}
+
+
+def _sweep(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", *overrides],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _tiny(tmp_path: Path, cache_dir: Path) -> list[str]:
+    return [
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        f"paths.runs_dir={tmp_path}",
+        f"paths.cache_dir={cache_dir}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.enable_progress_bar=false",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=2",
+    ]
+
+
+@pytest.mark.slow
+def test_dry_run_lists_the_filtered_grid_and_runs_nothing(tmp_path: Path) -> None:
+    proc = _sweep("sweep=compound_grid", "sweep.dry_run=true", f"hydra.sweep.dir={tmp_path / 'm'}", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    listed = [
+        tuple(float(v) for v in m)
+        for m in re.findall(r"sweep\.alpha=([\d.]+) sweep\.beta=([\d.]+) sweep\.gamma=([\d.]+)", proc.stdout)
+    ]
+    assert listed == enumerate_grid(*PAPER_GRID, target=2.0, tolerance=0.1)
+    assert f"sweep: {len(listed)} points (dry run" in proc.stdout
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["sweep=compound_grid", "sweep.alpha=1.0", "sweep.beta=1.0", "sweep.gamma=1.0,1.05"],
+            "no (alpha, beta, gamma) has alpha*beta^2*gamma^2 within 0.1 of 2; closest: 1.1025",
+        ),
+        (["sweep=compound_scale", "sweep.phi=-1,1"], "sweep.phi must be >= 0"),
+    ],
+)
+def test_bad_sweeps_fail_in_one_line(overrides: list[str], message: str, tmp_path: Path) -> None:
+    proc = _sweep(*overrides, f"hydra.sweep.dir={tmp_path / 'm'}", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def _check_compound_report(sweep_dir: Path, expected: list[tuple[float, float, float]], base: int) -> None:
+    """The report's rows: the closed form (d, w, r; resolution round(base * gamma^phi); B0's repeats rounded up)."""
+    proc = subprocess.run(
+        [sys.executable, "scripts/sweep_report.py", str(sweep_dir)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with (sweep_dir / "sweep_report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((float(r["alpha"]), float(r["beta"]), float(r["gamma"])) for r in rows) == sorted(expected)
+    for row in rows:
+        alpha, beta, gamma, phi = (float(row[k]) for k in ("alpha", "beta", "gamma", "phi"))
+        assert row["status"] == "ok", row
+        assert float(row["depth_mult"]) == pytest.approx(alpha**phi)
+        assert float(row["width_mult"]) == pytest.approx(beta**phi)
+        assert float(row["resolution_mult"]) == pytest.approx(gamma**phi)
+        assert int(row["resolution"]) == round(base * gamma**phi)
+        assert int(row["blocks"]) == sum(math.ceil(r * alpha**phi) for r in B0_REPEATS)
+        assert float(row["gmacs"]) > 0 and int(row["params"]) > 0
+        assert 0 <= float(row["top1"]) <= 100 and 0 <= float(row["top5"]) <= 100
+    assert "| alpha | beta | gamma | phi |" in (sweep_dir / "sweep_report.md").read_text()
+    with Image.open(sweep_dir / "sweep_report.png") as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 100
+
+
+# two points of the grid that pass the constraint (1.2*1.1^2*1.15^2 = 1.920, 1.4*1.2^2 = 2.016) among eight
+TWO_POINTS = ["sweep.alpha=1.2,1.4", "sweep.beta=1.1,1.2", "sweep.gamma=1.15,1.0", "sweep.base_resolution=32"]
+
+
+@pytest.mark.slow
+def test_compound_grid_sweep_runs_locally_and_is_reported(tmp_path: Path, cache_dir: Path, sample_root: Path) -> None:
+    proc = _sweep("sweep=compound_grid", *TWO_POINTS, *_tiny(tmp_path, cache_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.index("sweep: 2 points") < proc.stdout.index("val top-1")  # the list comes first
+    _check_compound_report(tmp_path / "multirun", [(1.2, 1.1, 1.15), (1.4, 1.2, 1.0)], base=32)
+
+
+@pytest.mark.slow
+def test_a_crashing_point_is_recorded_and_the_others_run(tmp_path: Path, cache_dir: Path, sample_root: Path) -> None:
+    """The generic lr x wd sweep; a negative lr makes torch's optimizer raise in one point."""
+    proc = _sweep("sweep=lr_wd", "optim.lr=-1,0.1", "optim.weight_decay=1e-4", *_tiny(tmp_path, cache_dir))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "sweep: 1 of 2 points failed" in proc.stderr and "Invalid learning rate" in proc.stderr
+    sweep_dir = tmp_path / "multirun"
+    assert (sweep_dir / "1" / "results.json").is_file() and (sweep_dir / "0" / "failed.json").is_file()
+    report = subprocess.run(
+        [sys.executable, "scripts/sweep_report.py", str(sweep_dir)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0, report.stderr
+    with (sweep_dir / "sweep_report.csv").open() as f:
+        rows = {r["optim.lr"]: r for r in csv.DictReader(f)}
+    assert rows["-1"]["status"] == "failed" and "Invalid learning rate" in rows["-1"]["error"]
+    assert rows["0.1"]["status"] == "ok" and float(rows["0.1"]["top5"]) >= 0
+    assert "failed" in (sweep_dir / "sweep_report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_user_error_in_a_point_is_recorded_too(tmp_path: Path, cache_dir: Path, sample_root: Path) -> None:
+    """A UserError (here a resolution below the model's minimum) exits the task with status 2 as one line; in a
+    sweep it becomes that point's failed.json, not the end of the sweep."""
+    proc = _sweep("sweep=compound_scale", "sweep.phi=0", "sweep.base_resolution=8,16", *_tiny(tmp_path, cache_dir))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "sweep: 2 of 2 points failed" in proc.stderr
+    for job in ("0", "1"):
+        failed = OmegaConf.load(tmp_path / "multirun" / job / "failed.json")
+        assert failed.type == "ConfigError" and "needs a resolution of at least 32 px" in failed.error
+
+
+@pytest.mark.slow
+def test_compound_sweep_through_submitit_on_slurm(
+    slurm_cluster: str, tmp_path: Path, cache_dir: Path, sample_root: Path
+) -> None:
+    """The same two-point sweep with nothing changed but the launcher: one SLURM job per point."""
+    subprocess.run(["bash", str(ROOT / "scripts" / "slurm_local.sh"), "start"], check=True, timeout=120)  # shared
+    proc = _sweep("sweep=compound_grid", *TWO_POINTS, *_tiny(tmp_path, cache_dir), "hydra/launcher=slurm_local")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    submitit_logs = list((tmp_path / "multirun" / ".submitit").rglob("*_log.out"))
+    assert len(submitit_logs) == 2, "one SLURM job per point"
+    _check_compound_report(tmp_path / "multirun", [(1.2, 1.1, 1.15), (1.4, 1.2, 1.0)], base=32)
+
+
+@pytest.mark.parametrize("sweep", ["compound_grid", "compound_scale", "lr_wd"])
+def test_every_sweep_composes(sweep: str) -> None:
+    cfg = compose_config([f"sweep={sweep}"])
+    assert OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_compound_scale_resolution_and_regularisation_flow_from_phi() -> None:
+    """data.resolution = round(base * gamma^phi) through the model defaults; dropout from the B0-B7 table at phi,
+    drop-path from the recipe."""
+    cfg = compose_config(["sweep=compound_scale", "sweep.phi=2", "sweep.base_resolution=32", "recipe=efficientnet"])
+    fill_data_defaults(cfg)
+    assert cfg.data.resolution == round(32 * 1.15**2) == 42
+    model = build_model(cfg, num_classes=10)
+    assert model.drop_rate == 0.3 and cfg.model.drop_path_rate == 0.2
+    assert sum(len(s) for s in model.blocks) == sum(math.ceil(r * 1.2**2) for r in B0_REPEATS)
