@@ -2,7 +2,9 @@
 # A one-node SLURM cluster on localhost, for the tests and for trying slurm/train.sbatch on one machine.
 #
 #   bash scripts/slurm_local.sh start    # install nothing; write a munge key and slurm.conf, start munged,
-#                                        # slurmctld and slurmd (as root), wait until the node is idle
+#                                        # slurmctld and slurmd (as root), wait until the node is idle; a cluster
+#                                        # that is already up is left as it is (its jobs keep running)
+#   bash scripts/slurm_local.sh restart  # stop, then start afresh (clears the job queue)
 #   bash scripts/slurm_local.sh status   # sinfo
 #   bash scripts/slurm_local.sh stop     # stop the three daemons
 #
@@ -31,8 +33,16 @@ stop() {
     pkill -x munged 2>/dev/null || true
 }
 
+up() {
+    pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null && sinfo -h -N -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'
+}
+
 start() {
     need
+    if up; then
+        echo "SLURM on localhost: already up (node $node; config $conf)"
+        return 0
+    fi
     mkdir -p "$state"/{spool,ctld,log} /etc/slurm /etc/munge /var/run/munge /var/lib/munge /var/log/munge
     if [ ! -s /etc/munge/munge.key ]; then
         dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
@@ -92,7 +102,8 @@ EOF
 
 case "$action" in
     start) start ;;
+    restart) stop; start ;;
     stop) stop ;;
     status) sinfo -N ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|restart|stop|status" >&2; exit 2 ;;
 esac

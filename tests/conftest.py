@@ -69,8 +69,8 @@ SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[str]:
     """A real one-node SLURM cluster on localhost (scripts/slurm_local.sh), started once per session and stopped at
-    its end; yields the partition name. Skips, naming what is missing, only where the SLURM binaries are absent
-    (.ci/run installs them, so CI never skips)."""
+    its end (unless it was already up); yields the partition name. Skips, naming what is missing, only where the
+    SLURM binaries are absent (.ci/run installs them, so CI never skips)."""
     missing = [b for b in SLURM_BINARIES if shutil.which(b) is None]
     if missing:
         pytest.skip(
@@ -79,8 +79,10 @@ def slurm_cluster() -> Iterator[str]:
     if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster is started as root")
     script = ROOT / "scripts" / "slurm_local.sh"
+    already_up = subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0
     subprocess.run(["bash", str(script), "start"], check=True, timeout=120)
     try:
         yield "debug"
     finally:
-        subprocess.run(["bash", str(script), "stop"], check=False, timeout=60)
+        if not already_up:  # stop only a cluster this session started: another may be using one that was up
+            subprocess.run(["bash", str(script), "stop"], check=False, timeout=60)
