@@ -20,8 +20,8 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainer.data.folder import ImageFolderDataset, SkipCounter, collate_skipping_bad, validate_layout
-from trainer.data.samplers import SeededDataset, SeededDistributedSampler, UnrepeatedDistributedSampler
 from trainer.data.sample import write_sample_set
+from trainer.data.samplers import SeededDataset, SeededDistributedSampler, UnrepeatedDistributedSampler
 from trainer.data.transforms import build_train_transform
 from trainer.errors import ConfigError, DataError
 
@@ -208,9 +208,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         trainer = self.trainer
         return int(trainer.global_rank) if trainer is not None else 0
 
-    def _loader(
-        self, dataset: Dataset, sampler: Sampler | None, drop_last: bool, shuffle: bool = False
-    ) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler | None, drop_last: bool, shuffle: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.per_device_batch_size,
