@@ -93,8 +93,10 @@ def test_preempted_job_requeues_resumes_and_finishes(
     root = odd_val_root(sample_root, tmp_path / "data")
     run_dir = tmp_path / "run"
     out = subprocess.run(
-        [PYTHON, str(ROOT / "scripts" / "submit.py"), "--tasks-per-node=2", "--cpus-per-task=1", "--time=10"]
-        + [f"--output={tmp_path}/slurm-%j.out", *_overrides(root, cache_dir, run_dir)],
+        [
+            *(PYTHON, str(ROOT / "scripts" / "submit.py"), "--tasks-per-node=2", "--cpus-per-task=1", "--time=10"),
+            *(f"--output={tmp_path}/slurm-%j.out", *_overrides(root, cache_dir, run_dir)),
+        ],
         capture_output=True,
         text=True,
         env=_env(run_dir),
