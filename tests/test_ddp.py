@@ -186,7 +186,7 @@ def test_newest_readable_falls_back_and_says_so(tmp_path: Path) -> None:
         os.utime(ckpts / name, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
     (ckpts / "last.ckpt").symlink_to("step=4.ckpt")
     (ckpts / "best.ckpt").write_bytes(b"never a candidate")
-    assert newest_readable(ckpts) == ckpts / "hpc_ckpt_1.ckpt"
+    assert newest_readable(ckpts) == (ckpts / "hpc_ckpt_1.ckpt").resolve()
     (ckpts / "hpc_ckpt_1.ckpt").write_bytes(b"truncated")
     os.utime(ckpts / "hpc_ckpt_1.ckpt", ns=(2 * 10**18, 2 * 10**18))
     with pytest.warns(UserWarning, match=r"hpc_ckpt_1.ckpt' is unreadable .*falling back to the previous"):

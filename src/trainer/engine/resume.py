@@ -20,13 +20,9 @@ HPC_KEEP = 2  # requeue checkpoints kept; older ones are removed once a newer on
 
 
 def resume_candidates(ckpt_dir: Path) -> list[Path]:
-    """Resumable checkpoints in `ckpt_dir`, newest first (a link and its target count once)."""
-    seen: dict[Path, Path] = {}
-    for pattern in RESUMABLE:
-        for path in ckpt_dir.glob(pattern):
-            if path.exists():  # a dangling last.ckpt link is no candidate
-                seen.setdefault(path.resolve(), path)
-    return sorted(seen.values(), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    """Resumable checkpoints in `ckpt_dir`, newest first; a link counts as its target (named as the file read)."""
+    seen = {path.resolve() for pattern in RESUMABLE for path in ckpt_dir.glob(pattern) if path.exists()}
+    return sorted(seen, key=lambda p: p.stat().st_mtime_ns, reverse=True)  # a dangling link is no candidate
 
 
 def readable(path: Path) -> str | None:
