@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,9 @@ def run_once(args: argparse.Namespace, devices: int, run_dir: Path) -> float:
         "callbacks.last_checkpoint=null",
         *args.overrides,
     ]
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True)
+    # the same intra-op threads per process in every setting (Lightning would give one process all the cores)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads_per_process)}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True, env=env)
     if proc.returncode:
         sys.exit(f"error: train.py with {devices} device(s) failed:\n{proc.stderr[-2000:]}")
     return float(json.loads((run_dir / "results.json").read_text())["images_per_sec"])
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads-per-process", type=int, default=1, help="OMP_NUM_THREADS of each process")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", help="more train.py overrides")
     args = parser.parse_args()
