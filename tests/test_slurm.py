@@ -147,3 +147,17 @@ def test_num_nodes_against_the_allocation_is_one_line(
         "error: trainer.num_nodes=2 but the SLURM allocation has 1 node(s) (sbatch --nodes=1); set trainer.num_nodes=1"
         in lines
     )
+
+
+@pytest.mark.slow  # ~15 s: composes the config once per point
+def test_submit_makes_one_job_per_sweep_point_and_checks_overrides(tmp_path: Path) -> None:
+    submit = [PYTHON, str(ROOT / "scripts" / "submit.py"), "--dry-run", "--gpus-per-node=8", "--partition=gpu"]
+    proc = subprocess.run([*submit, "optim.lr=0.1,0.2", "model=resnet18,resnet34"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 4 and all("--ntasks-per-node=8 --gpus-per-node=8 --partition=gpu" in line for line in lines)
+    assert {line.split("train.sbatch ")[1] for line in lines} == {
+        f"optim.lr={lr} model={m}" for lr in ("0.1", "0.2") for m in ("resnet18", "resnet34")
+    }
+    bad = subprocess.run([*submit, "optim.lrr=0.1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown config key 'optim.lrr'")
