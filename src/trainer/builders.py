@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
+from trainer.engine.distributed import cluster_plugins
 from trainer.errors import ConfigError
 from trainer.models import create_model, data_defaults, get_entry, load_weights
 from trainer.models.catalogue import TIMM_PREFIX, check_resolution
@@ -110,7 +111,11 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
-    kwargs: dict[str, Any] = dict(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    kwargs: dict[str, Any] = dict(
+        callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO(), *cluster_plugins(cfg)]
+    )
+    if cfg.get("run_dir"):  # where Lightning saves the SLURM requeue checkpoint (hpc_ckpt_<n>.ckpt)
+        kwargs["default_root_dir"] = f"{cfg.run_dir}/checkpoints"
     kwargs.update(overrides)
     return instantiate(cfg.trainer, **kwargs)
 

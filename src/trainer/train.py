@@ -21,6 +21,8 @@ from trainer.builders import (
     effective_lr,
 )
 from trainer.engine import EpochThroughput
+from trainer.engine.distributed import check_devices
+from trainer.engine.resume import newest_readable, prune_hpc
 from trainer.errors import CheckpointError, ConfigError
 
 RESUME_MODES = ("never", "auto")
@@ -42,9 +44,9 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
         if not Path(cfg.ckpt_path).is_file():
             raise CheckpointError(f"ckpt_path '{cfg.ckpt_path}' does not exist")
         return str(cfg.ckpt_path)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.resume == "auto" and last.is_file():
-        return str(last)
+    if cfg.resume == "auto":  # the newest readable of last.ckpt and the requeue checkpoints (engine/resume.py)
+        newest = newest_readable(run_dir / "checkpoints")
+        return str(newest) if newest else None
     return None
 
 
@@ -72,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     check_recipe(cfg, model)
     module = build_module(cfg, model, classes)
+    check_devices(cfg)
     trainer = build_trainer(cfg)
     datamodule.trainer = trainer  # fit() attaches it too; attached now, a bad batch split fails before launch
     per_device = datamodule.per_device_batch_size
@@ -80,13 +83,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     rank_zero_info(
         f"model {cfg.model.name}: {params / 1e6:.2f} M parameters, {len(classes)} classes; data {cfg.data.root} "
         f"at {cfg.data.resolution}px (crop ratio {cfg.data.crop_ratio}); global batch {cfg.data.batch_size} "
-        f"({per_device} per device x {trainer.world_size}); "
+        f"({per_device} per device x {trainer.num_devices} device(s) x {trainer.num_nodes} node(s)); "
         f"lr {effective_lr(cfg):.6g} (optim.lr {cfg.optim.lr} for batch {cfg.optim.get('ref_batch_size')}, "
         f"scaling {cfg.optim.get('lr_scaling', 'none')})" + (f"; resuming from {ckpt_path}" if ckpt_path else "")
     )
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        if ckpt_path:
+            prune_hpc(run_dir / "checkpoints", ckpt_path)  # keep the two newest requeue checkpoints
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

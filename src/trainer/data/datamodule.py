@@ -10,16 +10,18 @@ recipe sets none. Evaluation: resize the shorter side to floor(resolution / crop
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from timm.data import create_transform
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainer.data.folder import ImageFolderDataset, SkipCounter, collate_skipping_bad, validate_layout
 from trainer.data.sample import write_sample_set
+from trainer.data.samplers import SeededDataset, SeededDistributedSampler, UnrepeatedDistributedSampler
 from trainer.data.transforms import build_train_transform
 from trainer.errors import ConfigError, DataError
 
@@ -201,11 +203,17 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------------------------
 
-    def _loader(self, dataset: ImageFolderDataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    @property
+    def global_rank(self) -> int:
+        trainer = self.trainer
+        return int(trainer.global_rank) if trainer is not None else 0
+
+    def _loader(self, dataset: Dataset, sampler: Sampler | None, drop_last: bool, shuffle: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.per_device_batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            shuffle=shuffle if sampler is None else None,
             drop_last=drop_last,
             num_workers=self.num_workers,
             # Pinning without a GPU only earns a warning from torch.
@@ -214,18 +222,35 @@ class ImageFolderDataModule(L.LightningDataModule):
             collate_fn=collate_skipping_bad,
         )
 
+    def train_sampler(self) -> SeededDistributedSampler:
+        """This rank's share of the epoch's shuffled order, with a per-sample augmentation seed (data/samplers.py):
+        the same batches for a given seed whatever the worker count. The seed is Lightning's (`seed_everything`)."""
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return SeededDistributedSampler(
+            self.train_set, num_replicas=self.world_size, rank=self.global_rank, shuffle=True, seed=seed
+        )
+
+    def val_sampler(self) -> Sampler | None:
+        """Under several processes, each rank's strided share of the val set, unpadded (exact distributed
+        evaluation: no sample counted twice, none dropped); one process reads it in order."""
+        if self.world_size == 1:
+            return None
+        return UnrepeatedDistributedSampler(
+            self.val_set, num_replicas=self.world_size, rank=self.global_rank, shuffle=False
+        )
+
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
         # Each device sees ceil(n / world_size) samples; dropping the only, partial batch would leave nothing.
         per_device_samples = math.ceil(len(self.train_set) / self.world_size)
         drop_last = self.drop_last and per_device_samples >= self.per_device_batch_size
-        return self._loader(self.train_set, shuffle=True, drop_last=drop_last)
+        return self._loader(SeededDataset(self.train_set), self.train_sampler(), drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:
             self.setup("validate")
-        return self._loader(self.val_set, shuffle=False, drop_last=False)
+        return self._loader(self.val_set, self.val_sampler(), drop_last=False)
 
     def bad_images_skipped(self) -> int:
         """Number of undecodable images skipped since the last call (then reset to zero)."""

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from trainer.errors import ConfigError
@@ -74,6 +74,8 @@ class ClassificationModule(L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else None
         self.train_metrics = _accuracy(num_classes).clone(prefix="train/")
         self.val_metrics = _accuracy(num_classes).clone(prefix="val/")
+        # a sum of per-sample losses and a count, summed over ranks: exact under DDP's unequal val shares
+        self.val_loss = MeanMetric()
         self.ema: ModelEmaV3 | None = None
         if ema_decay is not None:
             if not 0.0 < ema_decay < 1.0:
@@ -135,7 +137,8 @@ class ClassificationModule(L.LightningModule):
         logits = split_outputs(self.model(images))[0]
         loss = F.cross_entropy(logits, targets)
         self.val_metrics.update(logits, targets)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets), sync_dist=True)
+        self.val_loss.update(loss, weight=len(targets))
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, batch_size=len(targets))
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
         if self.ema is not None:
             ema_logits = split_outputs(self.ema.module.eval()(images))[0]

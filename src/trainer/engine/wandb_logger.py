@@ -89,7 +89,8 @@ class RunLogger(WandbLogger):
         return super().experiment
 
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
-        if checkpoint_callback.monitor is not None:  # the best-by-metric one, not last.ckpt's
+        # the best-by-metric one, not the last-checkpoint one (it keeps the newest two by "step")
+        if checkpoint_callback.monitor not in (None, "step"):
             self._best_callback = checkpoint_callback
         super().after_save_checkpoint(checkpoint_callback)
 
