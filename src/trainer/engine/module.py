@@ -14,6 +14,7 @@ from timm.utils import ModelEmaV3
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from trainer.engine.device_mean import DeviceMean
 from trainer.errors import ConfigError
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
@@ -28,11 +29,13 @@ def split_outputs(outputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch
     return main, list(aux)
 
 
-def _accuracy(num_classes: int) -> MetricCollection:
+def _accuracy(num_classes: int, validate_args: bool = True) -> MetricCollection:
+    # validate_args checks the targets' values with torch.unique: a host sync on CUDA at every update
+    top5 = min(5, num_classes)
     return MetricCollection(
         {
-            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=validate_args),
+            "top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro", validate_args=validate_args),
         }
     )
 
@@ -72,7 +75,7 @@ class ClassificationModule(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.config = config or {}
         self.class_names = list(class_names) if class_names is not None else None
-        self.train_metrics = _accuracy(num_classes).clone(prefix="train/")
+        self.train_metrics = _accuracy(num_classes, validate_args=False).clone(prefix="train/")
         self.val_metrics = _accuracy(num_classes).clone(prefix="val/")
         self.ema: ModelEmaV3 | None = None
         if ema_decay is not None:
@@ -83,6 +86,8 @@ class ClassificationModule(L.LightningModule):
             self.ema.train()  # follows the module's mode like any submodule; validation runs it in eval mode
             self.val_ema_metrics = _accuracy(num_classes).clone(prefix="val_ema/")
         self._ema_step = -1
+        self._train_loss_window = DeviceMean()  # the step losses since the last logged step, summed on the device
+        self._pbar_loss: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | Sequence[torch.Tensor]:
         return self.model(x)
@@ -118,11 +123,26 @@ class ClassificationModule(L.LightningModule):
         outputs = self.model(images)
         loss = self.loss(outputs, targets)
         self.train_metrics.update(split_outputs(outputs)[0].detach(), targets)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self._log_train_loss(loss.detach(), len(targets))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss
 
+    def _log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """`train/loss_epoch` (the epoch's mean) and, at logging steps only, `train/loss_step`: the mean loss of the
+        steps since the last logging step. Nothing here waits for the device: Lightning turns a progress-bar value
+        logged on_step into a Python number at every step (a host sync), so the step loss goes to the loggers
+        (which convert at logging steps anyway) and reaches the progress bar in on_train_batch_end of those steps."""
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self._train_loss_window.add(loss, batch_size)
+        connector = self.trainer._logger_connector  # Lightning's own rule for the steps it sends to the loggers
+        if connector.should_update_logs and not self.trainer.fit_loop._should_accumulate():
+            self._pbar_loss = self._train_loss_window.pop()
+            self.log("train/loss_step", self._pbar_loss, on_step=True, on_epoch=False, batch_size=batch_size)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._pbar_loss is not None:  # a logging step: its loss is converted for the loggers now anyway
+            self.trainer.progress_bar_metrics["train/loss"] = float(self._pbar_loss)
+            self._pbar_loss = None
         # once per optimizer step (not per batch under gradient accumulation, nor for a skipped batch)
         if self.ema is not None and self.global_step != self._ema_step:
             self._ema_step = self.global_step
