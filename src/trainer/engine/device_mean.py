@@ -17,6 +17,11 @@ class DeviceMean:
         self._sum = weighted if self._sum is None else self._sum + weighted
         self._weight += weight
 
+    @property
+    def count(self) -> float:
+        """The total weight added since the last pop."""
+        return self._weight
+
     def pop(self) -> torch.Tensor:
         """The mean so far (a tensor on the values' device) and a fresh start."""
         if self._sum is None:

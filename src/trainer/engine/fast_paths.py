@@ -45,10 +45,18 @@ def compile_model(model: nn.Module, name: str, **compile_kwargs: Any) -> nn.Modu
             return compiled(*args, **kwargs)
         except Exception as compile_error:  # any compiler failure: the eager call below tells it from a bug
             model._compiled_call_impl = None  # eager from now on
-            outputs = model._call_impl(*args, **kwargs)
-            first_line = (str(compile_error).strip().splitlines() or [""])[0]
+            try:
+                outputs = model._call_impl(*args, **kwargs)
+            except Exception:
+                model._compiled_call_impl = call_with_fallback  # the model's own error, not the compiler's
+                raise
+            cause = compile_error
+            # dynamo wraps the backend's error (BackendCompilerFailed.inner_exception): name the original
+            while (inner := getattr(cause, "inner_exception", None) or cause.__cause__) is not None:
+                cause = inner
+            first_line = (str(cause).strip().splitlines() or [""])[0]
             warnings.warn(
-                f"torch.compile failed for model '{name}' ({type(compile_error).__name__}: {first_line}); "
+                f"torch.compile failed for model '{name}' ({type(cause).__name__}: {first_line}); "
                 f"running it eagerly (set compile=false to skip compiling)",
                 stacklevel=2,
             )

@@ -29,15 +29,20 @@ def split_outputs(outputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch
     return main, list(aux)
 
 
-def _accuracy(num_classes: int, validate_args: bool = True) -> MetricCollection:
-    # validate_args checks the targets' values with torch.unique: a host sync on CUDA at every update
-    top5 = min(5, num_classes)
+def _accuracy(num_classes: int) -> MetricCollection:
     return MetricCollection(
         {
-            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=validate_args),
-            "top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro", validate_args=validate_args),
+            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
         }
     )
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
+    """The fraction of the batch whose target is among the k highest logits, for each k (on the device: no sync,
+    where torchmetrics' accuracy update waits for the device, e.g. in bincount)."""
+    top = logits.topk(max(ks), dim=1).indices == targets[:, None]
+    return [top[:, :k].any(dim=1).float().mean() for k in ks]
 
 
 class ClassificationModule(L.LightningModule):
@@ -75,7 +80,8 @@ class ClassificationModule(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.config = config or {}
         self.class_names = list(class_names) if class_names is not None else None
-        self.train_metrics = _accuracy(num_classes, validate_args=False).clone(prefix="train/")
+        self._train_topk = {"train/top1": 1, "train/top5": min(5, num_classes)}
+        self._train_accuracy = {name: DeviceMean() for name in self._train_topk}  # the epoch's, on the device
         self.val_metrics = _accuracy(num_classes).clone(prefix="val/")
         self.ema: ModelEmaV3 | None = None
         if ema_decay is not None:
@@ -122,10 +128,18 @@ class ClassificationModule(L.LightningModule):
         images, targets = batch[0].contiguous(memory_format=self.memory_format), batch[1]
         outputs = self.model(images)
         loss = self.loss(outputs, targets)
-        self.train_metrics.update(split_outputs(outputs)[0].detach(), targets)
+        logits = split_outputs(outputs)[0].detach()
+        for mean, correct in zip(
+            self._train_accuracy.values(), topk_correct(logits, targets, self._train_topk.values()), strict=True
+        ):
+            mean.add(correct, len(targets))
         self._log_train_loss(loss.detach(), len(targets))
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        for name, mean in self._train_accuracy.items():
+            if mean.count:
+                self.log(name, mean.pop(), on_step=False, on_epoch=True, sync_dist=True)
 
     def _log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         """`train/loss_epoch` (the epoch's mean) and, at logging steps only, `train/loss_step`: the mean loss of the
