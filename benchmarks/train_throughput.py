@@ -82,6 +82,8 @@ class SyntheticBatches(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)  # iterated directly (the plain loop), this ends the iteration
         return self.images, self.targets
 
 
@@ -221,7 +223,7 @@ def cell(cfg: DictConfig, args: argparse.Namespace, device: torch.device, peak: 
 
 def print_table(rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
     print(
-        f"\n{env['device']}, torch {env['torch']}, peak {env['peak_tflops']:.2f} TFLOP/s ({env['peak_dtype']} "
+        f"\n{env['device']}, torch {env['torch']}, peak {env['peak_tflops']:.3g} TFLOP/s ({env['peak_dtype']} "
         f"matmul, measured); images/s of Lightning (L) and the plain loop (P)"
     )
     header = (
@@ -284,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
             peak = measure_peak(device, dtype, args.peak_size or (8192 if device.type == "cuda" else 1024))
             env = environment(device, dtype, peak, [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-            print(f"{env['device']}: measured {dtype} matmul peak {peak:.2f} TFLOP/s", flush=True)
+            print(f"{env['device']}: measured {dtype} matmul peak {peak:.3g} TFLOP/s", flush=True)
         rows.append(cell(cfg, args, device, env["peak_tflops"]))
     print_table(rows, env)
     if args.json:

@@ -113,7 +113,9 @@ def test_training_steps_do_not_sync_between_logging_steps(tiny_cfg, monkeypatch)
 
 def _losses(tiny_cfg, *overrides: str) -> list[float]:
     """The losses of three training steps on the sample set, all else equal."""
-    cfg = tiny_cfg("data.batch_size=8", "trainer.limit_train_batches=3", "trainer.limit_val_batches=0", *overrides)
+    cfg = tiny_cfg(
+        "data.batch_size=8", "trainer.limit_train_batches=3", "trainer.limit_val_batches=0", "optim.lr=0.01", *overrides
+    )
     L.seed_everything(0)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, build_model(cfg, num_classes=datamodule.num_classes), datamodule.classes)
