@@ -21,21 +21,18 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import DictConfig
+from plain_loop import PlainLoop  # benchmarks/, on the path as this script's folder
 
-from trainer.builders import build_datamodule, build_model, fill_data_defaults
+from trainer.builders import build_datamodule, fill_data_defaults
 from trainer.cli import prepare
-from trainer.engine import split_outputs
 from trainer.train import train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -71,33 +68,19 @@ def framework_epochs(overrides: Sequence[str], run_dir: Path, epochs: int) -> li
 
 
 def hand_epochs(overrides: Sequence[str], epochs: int) -> list[Epoch]:
-    """The baseline: the same model, optimizer and DataLoader in a plain loop, timed as EpochThroughput times
-    train.py's epochs (from the first batch request to the end of the last step)."""
+    """The baseline: the same model, optimizer and DataLoader in a plain loop (plain_loop.PlainLoop), timed as
+    EpochThroughput times train.py's epochs (from the first batch request to the end of the last step)."""
     cfg = compose_config(overrides)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # as train() seeds
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
-    model = build_model(cfg, num_classes=datamodule.num_classes)
-    optimizer = instantiate(cfg.optim, global_batch_size=cfg.data.batch_size)(model)
-    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    model.train()
-
+    loop = PlainLoop(cfg, datamodule.num_classes, torch.device("cpu"))
     measured = []
     for _ in range(epochs):
-        steps = images = 0
-        start = last = time.perf_counter()
-        for inputs, targets in loader:
-            logits = split_outputs(model(inputs.contiguous(memory_format=memory_format)))[0]  # auxiliary heads: unused
-            loss = F.cross_entropy(logits, targets, label_smoothing=cfg.loss.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            images += len(targets)
-            last = time.perf_counter()
-        measured.append(Epoch(steps / (last - start), images / (last - start)))
+        timed = loop.run(loader)
+        measured.append(Epoch(timed.steps_per_sec, timed.images_per_sec))
     return measured
 
 

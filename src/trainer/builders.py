@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
 from trainer.engine.distributed import cluster_plugins
+from trainer.engine.fast_paths import compile_model, resolve_switch
 from trainer.errors import ConfigError
 from trainer.models import create_model, data_defaults, get_entry, load_weights
 from trainer.models.catalogue import TIMM_PREFIX, check_resolution
@@ -59,6 +60,7 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
         _batch_stochastic_depth(model, cfg.model.name, cfg.model.drop_path_rate)
     if cfg.model.init_from:
         rank_zero_info(load_weights(model, cfg.model.init_from).summary())
+    cfg.model.channels_last = resolve_switch(cfg.model.channels_last, cfg)  # null: on when training on CUDA
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -85,6 +87,10 @@ def effective_lr(cfg: DictConfig) -> float:
 
 
 def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> ClassificationModule:
+    """The LightningModule for `model` (from `build_model`, which settles `model.channels_last`)."""
+    compile_ = resolve_switch(cfg.get("compile"), cfg)  # null: on when training on CUDA
+    if "compile" in cfg:
+        cfg.compile = compile_  # the run's config.yaml and checkpoints record what was done
     optimizer = instantiate(cfg.optim, global_batch_size=cfg.data.batch_size)
     scheduler = instantiate(cfg.sched) if cfg.get("sched") else None
     module = ClassificationModule(
@@ -95,14 +101,14 @@ def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> C
         label_smoothing=cfg.loss.label_smoothing,
         aux_weights=list(cfg.loss.aux_weights),
         sched_interval=cfg.sched.interval if scheduler else "epoch",
-        channels_last=cfg.model.channels_last,
+        channels_last=resolve_switch(cfg.model.channels_last, cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
         class_names=class_names,
         ema_decay=cfg.ema.decay if cfg.get("ema") else None,
         ema_warmup=bool(cfg.ema.warmup) if cfg.get("ema") else False,
     )
-    if cfg.get("compile"):
-        module.model.compile()  # in place: state_dict keys stay the model's own
+    if compile_:
+        compile_model(module.model, cfg.model.name)  # in place, eager where compiling fails (with a warning)
     return module
 
 

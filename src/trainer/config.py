@@ -25,7 +25,7 @@ class ModelConfig:
 
     name: str = MISSING  # a catalogue name, or timm/<any timm model name>
     init_from: str | None = None  # a state_dict or checkpoint file to start from (keys mapped, mismatches reported)
-    channels_last: bool = False  # channels_last memory format for the model and its inputs
+    channels_last: bool | None = None  # channels_last memory format for model and inputs (null: on with CUDA)
     drop_rate: float | None = None  # classifier dropout (null: the model's default)
     drop_path_rate: float | None = None  # stochastic depth: the deepest block's drop rate (> 0 builds drop-path)
     drop_path_mode: str = "row"  # row: timm's DropPath (per sample); batch: the paper's (whole batch, p_l rule)

@@ -14,6 +14,7 @@ from timm.utils import ModelEmaV3
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from trainer.engine.device_mean import DeviceMean
 from trainer.errors import ConfigError
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
@@ -35,6 +36,13 @@ def _accuracy(num_classes: int) -> MetricCollection:
             "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
         }
     )
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
+    """The fraction of the batch whose target is among the k highest logits, for each k (on the device: no sync,
+    where torchmetrics' accuracy update waits for the device, e.g. in bincount)."""
+    top = logits.topk(max(ks), dim=1).indices == targets[:, None]
+    return [top[:, :k].any(dim=1).float().mean() for k in ks]
 
 
 class ClassificationModule(L.LightningModule):
@@ -72,7 +80,8 @@ class ClassificationModule(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.config = config or {}
         self.class_names = list(class_names) if class_names is not None else None
-        self.train_metrics = _accuracy(num_classes).clone(prefix="train/")
+        self._train_topk = {"train/top1": 1, "train/top5": min(5, num_classes)}
+        self._train_accuracy = {name: DeviceMean() for name in self._train_topk}  # the epoch's, on the device
         self.val_metrics = _accuracy(num_classes).clone(prefix="val/")
         # a sum of per-sample losses and a count, summed over ranks: exact under DDP's unequal val shares
         self.val_loss = MeanMetric()
@@ -85,6 +94,8 @@ class ClassificationModule(L.LightningModule):
             self.ema.train()  # follows the module's mode like any submodule; validation runs it in eval mode
             self.val_ema_metrics = _accuracy(num_classes).clone(prefix="val_ema/")
         self._ema_step = -1
+        self._train_loss_window = DeviceMean()  # the step losses since the last logged step, summed on the device
+        self._pbar_loss: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | Sequence[torch.Tensor]:
         return self.model(x)
@@ -119,12 +130,35 @@ class ClassificationModule(L.LightningModule):
         images, targets = batch[0].contiguous(memory_format=self.memory_format), batch[1]
         outputs = self.model(images)
         loss = self.loss(outputs, targets)
-        self.train_metrics.update(split_outputs(outputs)[0].detach(), targets)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(targets))
+        logits = split_outputs(outputs)[0].detach()
+        for mean, correct in zip(
+            self._train_accuracy.values(), topk_correct(logits, targets, self._train_topk.values()), strict=True
+        ):
+            mean.add(correct, len(targets))
+        self._log_train_loss(loss.detach(), len(targets))
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        for name, mean in self._train_accuracy.items():
+            if mean.count:
+                self.log(name, mean.pop(), on_step=False, on_epoch=True, sync_dist=True)
+
+    def _log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """`train/loss_epoch` (the epoch's mean) and, at logging steps only, `train/loss_step`: the mean loss of the
+        steps since the last logging step. Nothing here waits for the device: Lightning turns a progress-bar value
+        logged on_step into a Python number at every step (a host sync), so the step loss goes to the loggers
+        (which convert at logging steps anyway) and reaches the progress bar in on_train_batch_end of those steps."""
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self._train_loss_window.add(loss, batch_size)
+        connector = self.trainer._logger_connector  # Lightning's own rule for the steps it sends to the loggers
+        if connector.should_update_logs and not self.trainer.fit_loop._should_accumulate():
+            self._pbar_loss = self._train_loss_window.pop()
+            self.log("train/loss_step", self._pbar_loss, on_step=True, on_epoch=False, batch_size=batch_size)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._pbar_loss is not None:  # a logging step: its loss is converted for the loggers now anyway
+            self.trainer.progress_bar_metrics["train/loss"] = float(self._pbar_loss)
+            self._pbar_loss = None
         # once per optimizer step (not per batch under gradient accumulation, nor for a skipped batch)
         if self.ema is not None and self.global_step != self._ema_step:
             self._ema_step = self.global_step

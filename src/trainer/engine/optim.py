@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import timm.optim
@@ -18,6 +19,7 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
 )
 LR_SCALINGS = ("none", "linear", "sqrt")
+STEP_IMPLS = ("auto", "fused", "foreach", "for_loop")
 
 
 def scale_lr(lr: float, ref_batch_size: int | None, global_batch_size: int | None, lr_scaling: str) -> float:
@@ -56,6 +58,24 @@ def param_groups(
     return groups
 
 
+def step_impl_kwargs(opt: str, step_impl: str, device_type: str) -> dict[str, bool]:
+    """The optimizer kwargs that pick how its step runs over the parameters: `fused` (one kernel for all of them),
+    `foreach` (multi-tensor ops), `for_loop` (one parameter at a time) or `auto`: fused on CUDA where the optimizer
+    offers it (torch's SGD, Adam, AdamW), else foreach where it offers that, else the optimizer's default."""
+    if step_impl not in STEP_IMPLS:
+        raise ConfigError(f"optim.step_impl='{step_impl}' is not one of {', '.join(STEP_IMPLS)}")
+    offered = inspect.signature(timm.optim.get_optimizer_class(opt, bind_defaults=False)).parameters
+    if step_impl == "auto":
+        if device_type == "cuda" and "fused" in offered:
+            return {"fused": True}
+        return {"foreach": True} if "foreach" in offered else {}
+    if step_impl == "for_loop":
+        return {"foreach": False} if "foreach" in offered else {}
+    if step_impl not in offered:
+        raise ConfigError(f"optim.step_impl={step_impl}: optimizer '{opt}' has no {step_impl} implementation")
+    return {step_impl: True}
+
+
 def create_optimizer(
     model: nn.Module,
     *,
@@ -69,6 +89,7 @@ def create_optimizer(
     ref_batch_size: int | None = None,
     lr_scaling: str = "none",
     global_batch_size: int | None = None,
+    step_impl: str = "auto",
     **kwargs: Any,
 ) -> torch.optim.Optimizer:
     """Build an optimizer with timm's `create_optimizer_v2`.
@@ -77,7 +98,8 @@ def create_optimizer(
     (timm's own 'sgd' means Nesterov). The lr is rescaled from `ref_batch_size` to `global_batch_size` by
     `lr_scaling`. Extra kwargs (eps, alpha, betas, trust_coeff, ...) go to the optimizer. `rmsproptf` is timm's
     TensorFlow-form RMSProp (epsilon inside the square root, the Inception/MobileNet/NASNet/EfficientNet papers'),
-    `lars` timm's LARS.
+    `lars` timm's LARS. `step_impl` (see `step_impl_kwargs`) is chosen for the device the parameters are on: Lightning
+    moves the model there before it calls `configure_optimizers`.
     """
     if opt == "sgd":
         opt = "nesterov" if nesterov else "momentum"
@@ -87,6 +109,8 @@ def create_optimizer(
         )
     lr = scale_lr(lr, ref_batch_size, global_batch_size, lr_scaling)
     groups = param_groups(model, weight_decay, decay_norm_and_bias, decay_depthwise)
+    device_type = next((p.device.type for p in model.parameters()), "cpu")
+    kwargs = {**step_impl_kwargs(opt, step_impl, device_type), **kwargs}
     return timm.optim.create_optimizer_v2(
         groups, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **kwargs
     )
