@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -113,6 +114,14 @@ def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> C
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    with warnings.catch_warnings():
+        # Lightning's hint to prepend `srun` fires wherever SLURM's client is installed, also for a local DDP run on
+        # a workstation; SLURM jobs go through slurm/train.sbatch, which does use srun.
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+        return _build_trainer(cfg, **overrides)
+
+
+def _build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
