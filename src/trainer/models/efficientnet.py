@@ -82,8 +82,7 @@ def efficientnet(
         channel_multiplier=beta**phi,
         depth_multiplier=alpha**phi,
         num_classes=num_classes,
-        pretrained_cfg=_cfg(resolution),
-        **kwargs,
+        **{"pretrained_cfg": kwargs.pop("pretrained_cfg", None) or _cfg(resolution), **kwargs},
     )
     return model, resolution
 
@@ -120,9 +119,13 @@ def efficientnet_compound(
     **kwargs: Any,
 ) -> EfficientNet:
     """`efficientnet(phi, alpha, beta, gamma)` as a timm model (no weights: every scaled network is new)."""
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay"):  # timm's; the scaled network carries its own cfg
-        kwargs.pop(key, None)
-    return efficientnet(phi, alpha, beta, gamma, base_resolution=base_resolution, **kwargs)[0]
+    # loading an export (timm.create_model("local-dir:...", pretrained=True)) passes the export's pretrained_cfg,
+    # which names the weights file; a fresh network carries the cfg of its own resolution
+    model = efficientnet(phi, alpha, beta, gamma, base_resolution=base_resolution, pretrained=pretrained, **kwargs)[0]
+    # the registered name, not the internal variant's: an export (config.json) must name a model timm can rebuild,
+    # and timm's factory records phi, alpha, beta, gamma as the arguments to rebuild it with
+    model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "architecture": "efficientnet_compound"}
+    return model
 
 
 def compound_data_defaults(kwargs: Mapping[str, Any]) -> dict[str, Any]:
