@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -283,6 +284,10 @@ def test_group_option_composes_and_instantiates(group: str, option: str, tiny_cf
     overrides = [f"{group}={option}"]
     if option == "imagenet" or option == "imagefolder":
         overrides.append(f"data.root={tmp_path}")  # composes; folder contents are checked in test_data
+    if option == "ffcv":  # files are checked in test_ffcv
+        overrides += [f"data.train_beton={tmp_path}/train.beton", f"data.val_beton={tmp_path}/val.beton"]
+    if group == "data" and "ffcv" in option and importlib.util.find_spec("ffcv") is None:
+        pytest.skip("ffcv is not installed (bash scripts/setup.sh installs it)")
     cfg = tiny_cfg(*overrides)
     node = cfg[group]
     model = build_model(cfg, num_classes=10)

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn as nn
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
 from trainer.engine.distributed import cluster_plugins
 from trainer.engine.fast_paths import compile_model, resolve_switch
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, UserError
 from trainer.models import create_model, data_defaults, get_entry, load_weights
 from trainer.models.catalogue import TIMM_PREFIX, check_resolution
 from trainer.models.regularization import DROP_PATH_MODES, apply_linear_decay, drop_path_modules, set_drop_path_mode
@@ -36,7 +37,12 @@ def fill_data_defaults(cfg: DictConfig) -> None:
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     fill_data_defaults(cfg)
     augment = OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else None
-    return instantiate(cfg.data, _convert_="all", augment=augment)
+    try:
+        return instantiate(cfg.data, _convert_="all", augment=augment)
+    except InstantiationException as e:  # a data module refusing its config (e.g. ffcv missing): its own one line
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
 from trainer.builders import build_datamodule, build_model
+from trainer.data import FFCVDataModule
 from trainer.errors import CheckpointError, ConfigError
 from trainer.eval import Protocol, fully_convolutional, predict
 from trainer.eval.protocols import collate_views, loss_of
@@ -235,6 +236,12 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
     saved_classes = checkpoint.get("class_names") or []
     saved_model = checkpoint["trainer_config"]["model"]["name"]
     datamodule = build_datamodule(train_cfg)
+    if isinstance(datamodule, FFCVDataModule) and cfg.eval.split != "val":
+        if cfg.eval.split != datamodule.train_split:
+            raise ConfigError(
+                f"eval.split={cfg.eval.split}: FFCV data has a train and a val file; set data.val_beton=<file>"
+            )
+        datamodule.val_beton = datamodule.train_beton
     datamodule.prepare_data()
     classes = datamodule.classes
     if saved_classes and len(classes) != len(saved_classes):
@@ -265,16 +272,26 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
 
     device, autocast_dtype = _device_and_autocast(train_cfg)
     models = {kind: model.to(device) for kind, model in models.items()}
-    transform = datamodule.val_transform() if protocol.name == "center" else protocol.transform()
-    dataset = datamodule._dataset(cfg.eval.split, transform)
-    loader = DataLoader(
-        dataset,
-        batch_size=datamodule.per_device_batch_size,
-        shuffle=False,
-        num_workers=datamodule.num_workers,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate_views,
-    )
+    if isinstance(datamodule, FFCVDataModule) and protocol.name == "center":
+        # the FFCV validation pipeline itself (the .beton named by data.val_beton), on the evaluation device
+        datamodule.loader_device = device
+        loader = datamodule.val_dataloader()
+    else:
+        if isinstance(datamodule, FFCVDataModule) and not Path(datamodule.root, cfg.eval.split).is_dir():
+            raise ConfigError(
+                f"eval.protocol={protocol.name} reads the image folders, and data.root '{datamodule.root}' has no "
+                f"'{cfg.eval.split}' folder (the FFCV files serve eval.protocol=center)"
+            )
+        transform = datamodule.val_transform() if protocol.name == "center" else protocol.transform()
+        dataset = datamodule._dataset(cfg.eval.split, transform)
+        loader = DataLoader(
+            dataset,
+            batch_size=datamodule.per_device_batch_size,
+            shuffle=False,
+            num_workers=datamodule.num_workers,
+            pin_memory=device.type == "cuda",
+            collate_fn=collate_views,
+        )
     memory_format = torch.channels_last if train_cfg.model.channels_last else torch.contiguous_format
     measured = run_protocol(
         protocol,

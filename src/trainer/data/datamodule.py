@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -19,13 +20,60 @@ import torch
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from trainer.data.folder import ImageFolderDataset, SkipCounter, collate_skipping_bad, validate_layout
+from trainer.data.folder import ImageFolderDataset, SharedInt, SkipCounter, collate_skipping_bad, validate_layout
 from trainer.data.sample import write_sample_set
 from trainer.data.samplers import SeededDataset, SeededDistributedSampler, UnrepeatedDistributedSampler
 from trainer.data.transforms import build_train_transform
 from trainer.errors import ConfigError, DataError
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+class EpochAwareDataLoader(DataLoader):
+    """A DataLoader that calls `before_epoch()` as each epoch's iterator is made, before its workers prefetch any
+    batch (the training resolution of progressive resizing is set there)."""
+
+    def __init__(self, *args: Any, before_epoch: Callable[[], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.before_epoch = before_epoch
+
+    def __iter__(self) -> Any:
+        if self.before_epoch is not None:
+            self.before_epoch()
+        return super().__iter__()
+
+
+def _train_transform_at(resolution: int, **kwargs: Any) -> Callable:
+    return build_train_transform(resolution=int(resolution), **kwargs)
+
+
+class ResolutionAwareTransform:
+    """The training transform at a resolution that may change between epochs (progressive resizing).
+
+    The resolution is a SharedInt, so DataLoader workers, persistent ones included, build and use the transform for
+    the resolution the main process set last; each process builds each resolution's pipeline once.
+    """
+
+    def __init__(self, build: Callable[[int], Callable], resolution: int) -> None:
+        self._build = build
+        self.resolution = SharedInt(resolution)
+        self._built: dict[int, Callable] = {}
+
+    def current(self) -> Callable:
+        resolution = self.resolution.value
+        if resolution not in self._built:
+            self._built[resolution] = self._build(resolution)
+        return self._built[resolution]
+
+    @property
+    def transforms(self) -> list[Callable]:
+        return self.current().transforms
+
+    def __call__(self, image: Any) -> Any:
+        return self.current()(image)
+
+    def __repr__(self) -> str:
+        return f"ResolutionAwareTransform(resolution={self.resolution.value}, {self.current()!r})"
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -89,6 +137,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_set: ImageFolderDataset | None = None
         self.val_set: ImageFolderDataset | None = None
         self._classes: list[str] | None = None
+        # Progressive resizing (trainer.engine.ProgressiveResizing): epoch -> training resolution, set by the callback
+        # and applied whenever a training loader is made (after a resume, the restored epoch's); None: `resolution`.
+        self.train_resolution_schedule: Callable[[int], int] | None = None
+        self._train_resolution: int | None = None
+        self._iterator_epoch: int | None = None  # the epoch the training iterator in use was made for
         # One counter for both splits, shared with worker processes.
         self._skipped = SkipCounter()
 
@@ -163,15 +216,49 @@ class ImageFolderDataModule(L.LightningDataModule):
         merged.update({k: v for k, v in self.augment.items() if v is not None})
         return merged
 
-    def train_transform(self) -> Callable:
+    def train_transform(self, resolution: int | None = None) -> Callable:
+        """The training pipeline at `resolution` (default `resolution`); the recipes' pixel sizes scale with it."""
         self._check_transform_config()
         return build_train_transform(
             self.train_augment(),
-            resolution=int(self.resolution),
+            resolution=int(resolution or self.resolution),
             mean=tuple(self.mean),
             std=tuple(self.std),
             interpolation=self.interpolation,
         )
+
+    @property
+    def train_resolution(self) -> int:
+        """The training crop size of the epoch being set up (progressive resizing changes it)."""
+        return int(self._train_resolution or self.resolution)
+
+    def set_train_resolution(self, resolution: int) -> None:
+        """Train at `resolution` from the next training batch the loader makes on (call it between epochs)."""
+        if int(resolution) < 1:
+            raise ConfigError(f"training resolution must be positive, got {resolution}")
+        self._train_resolution = int(resolution)
+        transform = self.train_set.transform if self.train_set is not None else None
+        if isinstance(transform, ResolutionAwareTransform):
+            transform.resolution.value = self._train_resolution
+
+    def _begin_train_epoch(self, epoch: int | None = None) -> None:
+        """Called as each training epoch's iterator is made, before any of its batches: applies the resolution
+        schedule for the trainer's current epoch."""
+        trainer = self.trainer
+        epoch = int(trainer.current_epoch) if trainer is not None else epoch
+        self._iterator_epoch = epoch
+        if self.train_resolution_schedule is not None and epoch is not None:
+            self.set_train_resolution(self.train_resolution_schedule(epoch))
+
+    def train_iterator_is_stale(self) -> bool:
+        """Whether the training iterator in use was made for another epoch than the trainer's, in a way that
+        matters (here: another resolution). Lightning makes a resumed run's first iterator before it restores the
+        epoch (to count the steps); ClassificationModule.on_train_start then asks for a fresh one."""
+        trainer, made_for = self.trainer, self._iterator_epoch
+        if trainer is None or made_for is None or made_for == trainer.current_epoch:
+            return False
+        schedule = self.train_resolution_schedule
+        return schedule is not None and schedule(made_for) != schedule(int(trainer.current_epoch))
 
     def val_transform(self) -> Callable:
         self._check_transform_config()
@@ -197,7 +284,16 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._check_transform_config()
         _ = self.per_device_batch_size  # fail on an indivisible batch before any indexing work
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._dataset(self.train_split, self.train_transform())
+            self._check_transform_config()
+            build = partial(
+                _train_transform_at,
+                augment=self.train_augment(),
+                mean=tuple(self.mean),
+                std=tuple(self.std),
+                interpolation=self.interpolation,
+            )
+            transform = ResolutionAwareTransform(build, self.train_resolution)
+            self.train_set = self._dataset(self.train_split, transform)
         if self.val_set is None:
             self.val_set = self._dataset(self.val_split, self.val_transform())
 
@@ -208,8 +304,17 @@ class ImageFolderDataModule(L.LightningDataModule):
         trainer = self.trainer
         return int(trainer.global_rank) if trainer is not None else 0
 
-    def _loader(self, dataset: Dataset, sampler: Sampler | None, drop_last: bool, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self,
+        dataset: Dataset,
+        sampler: Sampler | None,
+        drop_last: bool,
+        shuffle: bool = False,
+        before_epoch: Callable[[], None] | None = None,
+    ) -> DataLoader:
+        loader = EpochAwareDataLoader if before_epoch is not None else DataLoader
+        extra = {"before_epoch": before_epoch} if before_epoch is not None else {}
+        return loader(
             dataset,
             batch_size=self.per_device_batch_size,
             sampler=sampler,
@@ -220,6 +325,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate_skipping_bad,
+            **extra,
         )
 
     def train_sampler(self) -> SeededDistributedSampler:
@@ -245,7 +351,12 @@ class ImageFolderDataModule(L.LightningDataModule):
         # Each device sees ceil(n / world_size) samples; dropping the only, partial batch would leave nothing.
         per_device_samples = math.ceil(len(self.train_set) / self.world_size)
         drop_last = self.drop_last and per_device_samples >= self.per_device_batch_size
-        return self._loader(SeededDataset(self.train_set), self.train_sampler(), drop_last=drop_last)
+        return self._loader(
+            SeededDataset(self.train_set),
+            self.train_sampler(),
+            drop_last=drop_last,
+            before_epoch=self._begin_train_epoch,
+        )
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:

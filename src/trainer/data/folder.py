@@ -24,6 +24,7 @@ from trainer.errors import DataError
 __all__ = [
     "IMG_EXTENSIONS",
     "ImageFolderDataset",
+    "SharedInt",
     "SkipCounter",
     "collate_skipping_bad",
     "load_rgb",
@@ -106,16 +107,36 @@ def load_rgb(path: str) -> Image.Image:
         raise DataError(f"cannot decode image '{path}': {reason}") from exc
 
 
-class SkipCounter:
-    """A count of skipped images shared with DataLoader worker processes.
+class SharedInt:
+    """An integer shared with DataLoader worker processes.
 
-    The value lives in shared memory, so increments made in forked or spawned workers are seen by the main process.
-    Pickled for anything other than starting a process (deepcopy, saving), it becomes an independent counter
-    holding the current count, because shared memory cannot travel that way.
+    The value lives in shared memory, so changes made in the main process or in forked or spawned workers are seen
+    by all of them. Pickled for anything other than starting a process (deepcopy, saving), it becomes an
+    independent integer holding the current value, because shared memory cannot travel that way.
     """
 
-    def __init__(self, count: int = 0) -> None:
-        self._value = _shared_int(count)
+    def __init__(self, value: int = 0) -> None:
+        self._value = _shared_int(value)
+
+    @property
+    def value(self) -> int:
+        return self._value.value
+
+    @value.setter
+    def value(self, value: int) -> None:
+        self._value.value = int(value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        if get_spawning_popen() is not None:
+            return {"shared": self._value}
+        return {"count": self._value.value}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._value = state["shared"] if "shared" in state else _shared_int(state["count"])
+
+
+class SkipCounter(SharedInt):
+    """A count of skipped images shared with DataLoader worker processes (see SharedInt)."""
 
     def add(self, n: int = 1) -> None:
         with self._value.get_lock():
@@ -126,18 +147,6 @@ class SkipCounter:
         with self._value.get_lock():
             count, self._value.value = self._value.value, 0
         return count
-
-    @property
-    def value(self) -> int:
-        return self._value.value
-
-    def __getstate__(self) -> dict[str, Any]:
-        if get_spawning_popen() is not None:
-            return {"shared": self._value}
-        return {"count": self._value.value}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._value = state["shared"] if "shared" in state else _shared_int(state["count"])
 
 
 def _shared_int(count: int) -> Any:

@@ -1,6 +1,6 @@
 """Training machinery: the LightningModule, optimizers, schedules, callbacks and checkpoint I/O."""
 
-from trainer.engine.callbacks import BadImageReport, EpochThroughput, ScheduledDropPath
+from trainer.engine.callbacks import BadImageReport, EpochThroughput, ProgressiveResizing, ScheduledDropPath
 from trainer.engine.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from trainer.engine.module import ClassificationModule, split_outputs
 from trainer.engine.optim import create_optimizer, param_groups, scale_lr
@@ -11,6 +11,7 @@ __all__ = [
     "BadImageReport",
     "ClassificationModule",
     "EpochThroughput",
+    "ProgressiveResizing",
     "ScheduledDropPath",
     "atomic_torch_save",
     "create_optimizer",

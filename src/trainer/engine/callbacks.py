@@ -1,11 +1,12 @@
 """Callbacks that Lightning does not ship: epoch-level throughput without per-step host syncs, the report of
-images skipped as undecodable, and a drop-path rate that rises during training."""
+images skipped as undecodable, a drop-path rate that rises during training, and progressive resizing."""
 
 from __future__ import annotations
 
 import time
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
 from trainer.errors import ConfigError
@@ -108,3 +109,53 @@ class ScheduledDropPath(L.Callback):
         for module, built in zip(drop_path_modules(pl_module), self._built_rates, strict=True):
             module.drop_prob = built * progress
         self.rate = self._built_rates[-1] * progress
+
+
+class ProgressiveResizing(L.Callback):
+    """Progressive resizing, as FFCV's ResNet recipes do it (Leclerc et al., "FFCV: Accelerating Training by
+    Removing Data Bottlenecks", CVPR 2023; ffcv-imagenet train_imagenet.py `get_resolution`): the training
+    resolution is `min_res` up to epoch `start_epoch`, `max_res` from epoch `end_epoch` on, and in between the
+    linear interpolation rounded to a multiple of `step` (32); epochs count from 0. FFCV's ResNet-50 configs ramp
+    160 -> 192 over epochs 11-13 of 16 (17-20 of 24, 23-27 of 32, 29-34 of 40, 41-48 of 56, 65-76 of 88).
+
+    The data module applies the schedule as it makes each epoch's training iterator, before any batch of the epoch
+    (a resumed run's first epoch included): FFCV's decoder output size, or the folder loader's training transform
+    (shared with its workers). Validation keeps `data.resolution`. Logs `train/resolution`.
+    """
+
+    def __init__(
+        self, min_res: int = 160, max_res: int = 192, start_epoch: int = 11, end_epoch: int = 13, step: int = 32
+    ) -> None:
+        if not 0 < min_res <= max_res:
+            raise ConfigError(f"ProgressiveResizing min_res={min_res}, max_res={max_res}: need 0 < min_res <= max_res")
+        if not 0 <= start_epoch <= end_epoch:
+            raise ConfigError(
+                f"ProgressiveResizing start_epoch={start_epoch}, end_epoch={end_epoch}: need 0 <= start <= end"
+            )
+        if step < 1:
+            raise ConfigError(f"ProgressiveResizing step={step} must be a positive number of pixels")
+        self.min_res, self.max_res = int(min_res), int(max_res)
+        self.start_epoch, self.end_epoch, self.step = int(start_epoch), int(end_epoch), int(step)
+
+    def resolution(self, epoch: int) -> int:
+        """The training resolution of `epoch` (FFCV's rule; kept within [min_res, max_res])."""
+        if epoch <= self.start_epoch:
+            return self.min_res
+        if epoch >= self.end_epoch:
+            return self.max_res
+        interp = np.interp([epoch], [self.start_epoch, self.end_epoch], [self.min_res, self.max_res])[0]
+        return int(min(max(int(np.round(interp / self.step)) * self.step, self.min_res), self.max_res))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "set_train_resolution"):
+            raise ConfigError(
+                "callbacks=progressive_resizing needs a data module that can change its training resolution "
+                "(data=imagenet, imagefolder, sample, or their _ffcv forms)"
+            )
+        datamodule.train_resolution_schedule = self.resolution
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the size the data module set when it made this epoch's iterator
+        resolution = float(trainer.datamodule.train_resolution)
+        pl_module.log("train/resolution", resolution, on_step=False, on_epoch=True, rank_zero_only=True)

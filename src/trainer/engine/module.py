@@ -123,6 +123,12 @@ class ClassificationModule(L.LightningModule):
             for logger in self.trainer.loggers:
                 if hasattr(logger, "truncate_after"):
                     logger.truncate_after(self.trainer.global_step)
+        # Lightning made the first training iterator before restoring the checkpoint's epoch (to count steps for the
+        # schedule); where the data depends on the epoch (FFCV's order, progressive resizing), make it again now.
+        stale = getattr(self.trainer.datamodule, "train_iterator_is_stale", None)
+        fetcher = getattr(self.trainer.fit_loop, "_data_fetcher", None)
+        if stale is not None and fetcher is not None and stale():
+            iter(fetcher)
 
     def training_step(self, batch: Sequence[torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every image of the batch was undecodable and skipped (data.skip_bad_images)

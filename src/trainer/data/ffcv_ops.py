@@ -1,0 +1,232 @@
+"""The pieces of the FFCV pipelines that ffcv 1.0.2 lacks or gets wrong for this project (imports ffcv; the data
+module imports this module only once ffcv is known to import).
+
+- `ExactNormalize`: ffcv's NormalizeImage (a per-channel lookup table, on the CPU) with a table computed exactly as
+  torchvision's ToTensor + Normalize compute it in float32, so the FFCV and folder loaders give bit-identical
+  inputs for identical pixels.
+- `DeviceNormalize`: uint8 -> normalised float16 / bfloat16 / float32 on the training device, in torch (ffcv's
+  NormalizeImage needs cupy on the GPU, and knows no bfloat16); the output is channels-last.
+- `ScaleJitterRGBImageDecoder`, `ResizeRandomCropRGBImageDecoder`: the recipes' `scale_jitter` (VGG, ResNet) and
+  `resize_random` (AlexNet) crops as ffcv decoders: the crop the folder loader takes, located in the stored image
+  and resized once.
+- `Loader`: ffcv's Loader made safe for Lightning. ffcv recycles `batches_ahead + 2` output buffers and assumes the
+  consumer holds one batch; Lightning holds two (it fetches the next batch before training on the current one),
+  so one more buffer than the queue can fill is kept. The epoch that seeds the order comes from the trainer, and
+  QUASI_RANDOM no longer depends on how many orders were drawn before (a resumed run reads the order the
+  uninterrupted one would), `before_epoch` runs as each epoch's iterator is made
+  (the moment its buffers are sized: progressive resizing), an abandoned epoch's thread is stopped when the next one
+  starts, and torch's thread count is left alone (ffcv sets it to its loader threads). This module imports ffcv:
+  import it after trainer.data.beton.require_ffcv() (which keeps torch's threads as they were).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
+from ffcv.loader import Loader as _FFCVLoader
+from ffcv.loader.epoch_iterator import EpochIterator as _FFCVEpochIterator
+from ffcv.pipeline import compiler as _compiler
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.operation import Operation
+from ffcv.pipeline.state import State
+from ffcv.transforms import NormalizeImage
+from ffcv.traversal_order import QuasiRandom
+
+__all__ = [
+    "DeviceNormalize",
+    "ExactNormalize",
+    "Loader",
+    "ResizeRandomCropRGBImageDecoder",
+    "ScaleJitterRGBImageDecoder",
+]
+
+
+class _TorchKeepingThreads:
+    """torch, as ffcv's compiler module sees it, minus `set_num_threads` (ffcv would set torch's intra-op threads
+    to its loader threads for the whole process, e.g. 1 for `data.num_workers=1`, slowing CPU training; the
+    change made by importing ffcv is undone by trainer.data.beton.require_ffcv)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def set_num_threads(n: int) -> None:
+        pass
+
+
+_compiler.ch = _TorchKeepingThreads()
+
+
+def torchvision_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(256, 3) float32: what ToTensor + Normalize give for each uint8 value of each channel, computed the way they
+    compute it (x.float().div(255), then sub(mean).div(std) in float32)."""
+    values = torch.arange(256, dtype=torch.uint8).float().div(255)[:, None]
+    table = values.sub(torch.tensor(mean, dtype=torch.float32)).div(torch.tensor(std, dtype=torch.float32))
+    return table.numpy()
+
+
+class ExactNormalize(NormalizeImage):
+    """ffcv's CPU NormalizeImage with torchvision's exact float32 values (on HWC uint8 images, before ToTensor)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__(np.array(mean) * 255, np.array(std) * 255, np.float32)
+        self.lookup_table = torchvision_table(mean, std)
+
+
+class DeviceNormalize(Operation):
+    """uint8 NCHW images on the device -> ((x / 255) - mean) / std in `dtype`, written channels-last into ffcv's
+    preallocated buffer (safe across ffcv's CUDA streams)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype) -> None:
+        super().__init__()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.dtype = dtype
+        self.device = torch.device("cpu")
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        self.device = previous_state.device
+        state = replace(previous_state, dtype=self.dtype, jit_mode=False)
+        return state, AllocationQuery(previous_state.shape, dtype=self.dtype, device=previous_state.device)
+
+    def generate_code(self) -> Callable:
+        mean, std = self.mean.to(self.device), self.std.to(self.device)
+
+        def normalize(images: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+            n, c, h, w = images.shape
+            out = dst.view(dst.shape[0], h, w, c).permute(0, 3, 1, 2)[:n]  # channels-last view of the buffer
+            out.copy_(images.float().div_(255).sub_(mean).div_(std))
+            return out
+
+        return normalize
+
+
+def _scale_jitter_crop(height, width, sizes, resolution):  # numba-compiled by ffcv
+    # The folder loader's ScaleJitter + RandomCrop: shorter side resized to S in [low, high], a random
+    # resolution x resolution crop; the same crop in the stored image is a square of side shorter * resolution / S.
+    short = min(height, width)
+    s = np.random.randint(int(sizes[0]), int(sizes[1]) + 1)
+    side = int(np.round(resolution[0] * short / s))
+    side = max(1, min(side, short))
+    i = np.random.randint(0, height - side + 1)
+    j = np.random.randint(0, width - side + 1)
+    return i, j, side, side
+
+
+def _resize_random_crop(height, width, fraction, _):  # numba-compiled by ffcv
+    # The folder loader's Resize((size, size)) + RandomCrop(resolution): fraction = resolution / size of each side.
+    h = max(1, min(int(np.round(height * fraction[0])), height))
+    w = max(1, min(int(np.round(width * fraction[0])), width))
+    i = np.random.randint(0, height - h + 1)
+    j = np.random.randint(0, width - w + 1)
+    return i, j, h, w
+
+
+class ScaleJitterRGBImageDecoder(ResizedCropRGBImageDecoder):
+    """Scale jitter (VGG Sec. 3.1, ResNet Sec. 3.4) as a decoder: the shorter side's size S drawn uniformly from
+    the integers [low, high] (pixels at `resolution`), a random square crop of what would be `resolution` pixels
+    after resizing to S, resized to the output size. The proportions hold when the output size changes
+    (progressive resizing)."""
+
+    def __init__(self, output_size: tuple[int, int], low: int, high: int, resolution: int) -> None:
+        super().__init__(output_size)
+        self.scale = np.array([low, high], dtype=np.float64)
+        self.ratio = np.array([resolution], dtype=np.float64)
+
+    @property
+    def get_crop_generator(self) -> Callable:
+        return _scale_jitter_crop
+
+
+class ResizeRandomCropRGBImageDecoder(ResizedCropRGBImageDecoder):
+    """AlexNet's crop as a decoder: the image resized to `size` x `size`, a random `resolution` crop of it; i.e. a
+    random (resolution / size) fraction of each side of the stored image, resized to the output size."""
+
+    def __init__(self, output_size: tuple[int, int], size: int, resolution: int) -> None:
+        super().__init__(output_size)
+        self.scale = np.array([resolution / size], dtype=np.float64)
+        self.ratio = np.array([0.0])
+
+    @property
+    def get_crop_generator(self) -> Callable:
+        return _resize_random_crop
+
+
+class _EpochIterator(_FFCVEpochIterator):
+    def start(self) -> None:
+        # The Loader was built with one more batch ahead than asked (one more buffer); the queue keeps the asked
+        # depth, so the producer never refills the buffer of the batch Lightning is still training on.
+        self.output_queue = queue.Queue(max(1, self.loader.batches_ahead - 1))
+        super().start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        # ffcv's close() only asks the thread to stop; a thread that has finished its batches blocks forever
+        # putting its end marker into a full queue. Drain the queue until the thread is gone.
+        super().close()
+        if threading.current_thread() is self or not self.is_alive():
+            return
+        deadline = time.monotonic() + timeout
+        while self.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self.output_queue.get_nowait()
+            self.join(0.05)
+
+
+class Loader(_FFCVLoader):
+    """ffcv's Loader, safe for a consumer that holds two batches (see the module docstring). `epoch` returns the
+    epoch whose order to read next (the trainer's current epoch); `batches_ahead` is the prefetch depth."""
+
+    def __init__(
+        self,
+        *args: Any,
+        batches_ahead: int = 3,
+        epoch: Callable[[], int] | None = None,
+        before_epoch: Callable[[int], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, batches_ahead=int(batches_ahead) + 1, **kwargs)
+        self._epoch = epoch
+        self._before_epoch = before_epoch
+        self._current: _EpochIterator | None = None
+
+    def __iter__(self) -> _EpochIterator:
+        self.close()
+        if self._epoch is not None:
+            self.next_epoch = int(self._epoch())
+        if self._before_epoch is not None:  # e.g. progressive resizing: the epoch's decoder output size
+            self._before_epoch(self.next_epoch)
+        _compiler.Compiler.set_num_threads(self.num_workers)
+        order = self.next_traversal_order()
+        selected = order[: len(self) * self.batch_size]
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        self._current = _EpochIterator(self, selected)
+        return self._current
+
+    def next_traversal_order(self) -> Any:
+        # ffcv 1.0.2's QuasiRandom shuffles its page table in place, so an epoch's order depended on how many
+        # orders were drawn before it; drawn from the pristine table, the order is a function of (seed, epoch).
+        order = self.traversal_order
+        if isinstance(order, QuasiRandom):
+            pristine = getattr(self, "_pristine_pages", None)
+            if pristine is None:
+                pristine = self._pristine_pages = order.page_to_samples_array.copy()
+            order.page_to_samples_array = pristine.copy()
+        return super().next_traversal_order()
+
+    def close(self) -> None:
+        """Stop the epoch being read, if any (its thread and buffers)."""
+        if self._current is not None:
+            self._current.close()
+            self._current = None
