@@ -3,19 +3,23 @@
 of 256) for the folder loader and the FFCV loader, on the same images, with the same number of workers, side by
 side in one run.
 
-Three sides, each in a process of its own, timed over whole epochs (after one untimed epoch: worker start-up, numba
-compilation), one side at a time, the side going first rotating from round to round:
+Three sides, timed over whole epochs, one at a time: each round starts each side in a fresh process of its own
+(nothing else of the benchmark alive meanwhile), runs one untimed epoch (worker start-up, numba compilation, page
+cache) and times `--epochs` epochs; the side going first rotates from round to round:
 - folder: torchvision's ImageFolder + DataLoader (PIL decoding, RandomResizedCrop, RandomHorizontalFlip, ToTensor,
   Normalize) with `workers` worker processes, persistent;
 - ffcv: a bare ffcv Loader with `workers` threads: RandomResizedCropRGBImageDecoder, RandomHorizontalFlip,
   NormalizeImage (float32), ToTensor, ToTorchImage, QUASI_RANDOM order, OS cache;
 - ours: the training loader of `data=imagenet_ffcv` (trainer.data.FFCVDataModule) over the same file, the same
-  workers and pipeline.
+  workers and pipeline;
+- ours-fresh (with `--fresh-buffers`): ours with ffcv's own buffer allocation put back (new buffers every epoch),
+  which shows what ours costs or saves besides that.
 
     .venv/bin/python benchmarks/loaders.py                         # 3,000 generated 400x350 JPEGs, workers 1 and 2
     .venv/bin/python benchmarks/loaders.py --imagenet data/imagenet --images 5000   # the first images of ImageNet
     .venv/bin/python benchmarks/loaders.py --workers 1 2 4 --rounds 5 --check       # exit 1 below the targets
     .venv/bin/python benchmarks/loaders.py --device cuda           # FFCV's ToDevice path, feeding the GPU
+    .venv/bin/python benchmarks/loaders.py --fresh-buffers         # also ours with ffcv's per-epoch buffers
 
 Without ImageNet the images are generated in a temporary folder: natural image statistics (a 1/f amplitude
 spectrum with random phases, colour mostly along luminance), about 400 x 350 pixels, JPEG quality 90 (which the
@@ -27,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing as mp
 import os
+import platform
 import shutil
 import statistics
 import sys
@@ -49,6 +55,7 @@ CONF_DIR = ROOT / "conf"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FFCV_TARGET, OURS_TARGET = 1.7, 0.95
 SIDES = ("folder", "ffcv", "ours")
+FRESH = "ours-fresh"
 
 
 # -- images ------------------------------------------------------------------------------------------------------
@@ -236,8 +243,8 @@ def time_epoch(loader: Iterable, device: torch.device) -> float:
 
 def _side(name: str, spec: dict, conn) -> None:
     """One side in a process of its own: build its loader, run the untimed epoch, then time an epoch per request.
-    (Two ffcv Loaders in one process were seen to slow each other down; and the bare side must not see this
-    project's changes to ffcv.)"""
+    (On this machine an ffcv loader ran up to 1.5x slower while another ffcv loader was alive, in the same process
+    or another, even idle; and the bare side must not see this project's changes to ffcv.)"""
     try:
         torch.set_num_threads(spec["threads"])
         device = torch.device(spec["device"])
@@ -250,6 +257,10 @@ def _side(name: str, spec: dict, conn) -> None:
 
             register_configs([])
             loader = our_loader(spec["root"], spec["beton"], spec["val"], spec["workers"], spec["batch"], device)
+            if name == FRESH:  # ffcv's allocation: new buffers for every epoch
+                from ffcv.pipeline.graph import Graph
+
+                loader.graph.allocate_memory = Graph.allocate_memory.__get__(loader.graph)
         time_epoch(loader, device)  # untimed: worker start-up, numba compilation, page cache
         conn.send("ready")
         while conn.recv() == "epoch":
@@ -286,6 +297,14 @@ class Side:
             self.process.terminate()
 
 
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def fmt(values: list[float]) -> str:
     return f"{statistics.median(values):7.1f} ({min(values):.0f}-{max(values):.0f})"
 
@@ -295,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=3000, help="training images (default 3000)")
     parser.add_argument("--imagenet", type=Path, help="an ImageNet-layout folder to take the images from")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default 1 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed epochs per side and worker count")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per worker count (a fresh process per side)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per side and round")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument(
         "--write-mode", default="jpg", help="jpg (both loaders decode JPEG, default) | proportion | raw | smart"
@@ -303,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compress-probability", type=float, default=0.5)
     parser.add_argument("--device", default="cpu", help="cpu (default) | cuda: the FFCV sides use the ToDevice path")
     parser.add_argument("--keep", type=Path, help="keep the images and .beton files in this folder")
+    parser.add_argument(
+        "--fresh-buffers", action="store_true", help=f"a fourth side, {FRESH}: ours with ffcv's per-epoch buffers"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--json", type=Path, help="also write every measured rate and the verdicts to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -322,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             source = link_imagenet(args.imagenet, root, args.images) if args.imagenet else generate(root, args.images)
             print(f"images: {source} ({time.perf_counter() - start:.0f} s) in {root}", flush=True)
+            source_text = source
         else:
+            source_text = f"reused from {root}"
             print(f"images: reusing {root}", flush=True)
         classes = validate_layout(root)
         options = WriteOptions(
@@ -345,11 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"pipeline: decode + RandomResizedCrop 224 + flip + normalise, batch {args.batch_size}, "
             f"{len(os.sched_getaffinity(0))} CPUs, device {device}, load average {os.getloadavg()[0]:.2f}; "
-            f"images/s median (min-max) over {args.rounds} epochs",
+            f"images/s median (min-max) over {args.rounds} x {args.epochs} epochs",
             flush=True,
         )
-        header = f"{'workers':>7}  {'folder':>19}  {'ffcv':>19}  {'ours':>19}  {'ffcv/folder':>11}  {'ours/ffcv':>9}"
-        rows, summary = [], {}
+        sides = (*SIDES, FRESH) if args.fresh_buffers else SIDES
+        header = f"{'workers':>7}  " + "".join(f"{name:>19}  " for name in sides)
+        header += f"{'ffcv/folder':>11}  {'ours/ffcv':>9}" + (f"  {'fresh/ffcv':>10}" if args.fresh_buffers else "")
+        rows, summary, measured = [], {}, {}
         for workers in args.workers:
             spec = {
                 "root": root,
@@ -360,25 +388,27 @@ def main(argv: list[str] | None = None) -> int:
                 "device": args.device,
                 "threads": torch.get_num_threads(),
             }
-            sides = {name: Side(name, spec) for name in SIDES}
-            try:
-                for side in sides.values():
-                    side.ready()
-                rates: dict[str, list[float]] = {name: [] for name in SIDES}
-                for r in range(args.rounds):
-                    order = SIDES[r % 3 :] + SIDES[: r % 3]  # who goes first rotates: drift hits every side
-                    for name in order:
-                        rates[name].append(sides[name].epoch())
-            finally:
-                for side in sides.values():
-                    side.stop()
+            rates: dict[str, list[float]] = {name: [] for name in sides}
+            for r in range(args.rounds):
+                shift = r % len(sides)
+                order = sides[shift:] + sides[:shift]  # who goes first rotates: drift hits every side
+                for name in order:
+                    side = Side(name, spec)  # alone: nothing else of this benchmark is alive meanwhile
+                    try:
+                        side.ready()
+                        rates[name] += [side.epoch() for _ in range(args.epochs)]
+                    finally:
+                        side.stop()
             medians = {name: statistics.median(v) for name, v in rates.items()}
             summary[workers] = medians
+            measured[workers] = rates
             rows.append(
-                f"{workers:>7}  {fmt(rates['folder']):>19}  {fmt(rates['ffcv']):>19}  {fmt(rates['ours']):>19}  "
-                f"{medians['ffcv'] / medians['folder']:>10.2f}x  {medians['ours'] / medians['ffcv']:>8.3f}"
+                f"{workers:>7}  "
+                + "".join(f"{fmt(rates[name]):>19}  " for name in sides)
+                + f"{medians['ffcv'] / medians['folder']:>10.2f}x  {medians['ours'] / medians['ffcv']:>8.3f}"
+                + (f"  {medians[FRESH] / medians['ffcv']:>10.3f}" if args.fresh_buffers else "")
             )
-            per_worker = "  ".join(f"{name} {medians[name] / workers:.1f}" for name in SIDES)
+            per_worker = "  ".join(f"{name} {medians[name] / workers:.1f}" for name in sides)
             rows.append(f"{'':>7}  per worker: {per_worker}")
             print(rows[-2] + "\n" + rows[-1], flush=True)
         print("\n" + header + "\n" + "\n".join(rows))
@@ -390,6 +420,39 @@ def main(argv: list[str] | None = None) -> int:
             f"ours/ffcv {ours_ratio:.3f} (target >= {OURS_TARGET}): {passed[ours_ratio >= OURS_TARGET]}",
         ]
         print(f"at {max(summary)} workers: " + "; ".join(verdict) + f" (load average {os.getloadavg()[0]:.2f})")
+        if args.json:
+            from importlib.metadata import version
+
+            report = {
+                "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "environment": {
+                    "cpus": len(os.sched_getaffinity(0)),
+                    "processor": _cpu_name(),
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "ffcv": version("ffcv"),  # (ffcv.__version__ says 0.0.3rc1)
+                    "device": str(device),
+                    "load_average_end": os.getloadavg()[0],
+                },
+                "images": source_text,
+                "beton": {
+                    "write_mode": args.write_mode,
+                    "bytes": result.size_bytes,
+                    "source_bytes": result.source_bytes,
+                    "seconds": result.seconds,
+                },
+                "batch_size": args.batch_size,
+                "rounds": args.rounds,
+                "epochs": args.epochs,
+                "images_per_sec": {str(w): r for w, r in measured.items()},
+                "medians": {str(w): m for w, m in summary.items()},
+                "ffcv_over_folder": ffcv_ratio,
+                "ours_over_ffcv": ours_ratio,
+                "targets": {"ffcv_over_folder": FFCV_TARGET, "ours_over_ffcv": OURS_TARGET},
+                "passed": ffcv_ratio >= FFCV_TARGET and ours_ratio >= OURS_TARGET,
+            }
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
         if args.check and (ffcv_ratio < FFCV_TARGET or ours_ratio < OURS_TARGET):
             return 1
         return 0

@@ -317,6 +317,29 @@ def test_held_batches_are_not_overwritten(betons) -> None:
 
 
 @needs_ffcv
+def test_buffers_are_reused_across_epochs_while_their_shapes_hold(sample_ffcv) -> None:
+    """ffcv allocates every buffer afresh each epoch; ours keeps them while the pipeline's shapes hold (the same
+    batches come out), and makes new ones when the decoder's output size changes (progressive resizing)."""
+    loader = sample_ffcv.val_dataloader()
+
+    def epoch() -> tuple[torch.Tensor, set[int]]:
+        images, pointers = [], set()
+        for x, _ in loader:
+            pointers.add(x.untyped_storage().data_ptr())
+            images.append(x.clone())
+        return torch.cat(images), pointers
+
+    first, first_pointers = epoch()
+    second, second_pointers = epoch()
+    assert torch.equal(first, second)
+    assert second_pointers == first_pointers  # the same buffers served both epochs
+    decoder = loader.pipeline_specs["image"].decoder
+    decoder.output_size = (24, 24)
+    resized, resized_pointers = epoch()
+    assert resized.shape[-2:] == (24, 24) and not resized_pointers & first_pointers
+
+
+@needs_ffcv
 def test_device_path_on_the_cpu(sample_ffcv) -> None:
     """The CUDA pipeline (ToTensor -> ToDevice -> ToTorchImage -> normalise on the device, uint8 over the bus), run
     with the CPU as its device: the only check it gets without a GPU."""
@@ -370,7 +393,11 @@ def _shard(rank: int, world_size: int, port: int, cache_dir: str, out: str) -> N
     try:
         datamodule = build_datamodule(compose_config(["data=sample_ffcv", f"paths.cache_dir={cache_dir}"]))
         datamodule.trainer = SimpleNamespace(
-            world_size=2, current_epoch=0, strategy=SimpleNamespace(root_device=torch.device("cpu")), precision="32"
+            world_size=2,
+            global_rank=rank,
+            current_epoch=0,
+            strategy=SimpleNamespace(root_device=torch.device("cpu")),
+            precision="32",
         )
         val = torch.cat([y.clone() for _, y in datamodule.val_dataloader()])
         train_loader = datamodule.train_dataloader()
@@ -401,9 +428,45 @@ def test_distributed_ranks_read_disjoint_shards(cache_dir: Path, betons, tmp_pat
         assert p.exitcode == 0
     ranks = [torch.load(o) for o in outs]
     labels = _read_layout(betons[1])[2]["f1"].tolist()
-    # DistributedSampler(shuffle=False): sample i goes to rank i % 2 (the last padded with the first)
+    # val: sample i goes to rank i % 2, in order, unpadded; train: ffcv's random order sharded by rank
     assert ranks[0]["val"].tolist() == labels[0::2] and ranks[1]["val"].tolist() == labels[1::2]
     assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == 719 // 32  # 64 global = 32 per rank
+
+
+@needs_ffcv
+@pytest.mark.slow
+def test_ddp_val_top1_equals_single_process_evaluation(cache_dir: Path, sample_root: Path, betons, tmp_path: Path):
+    """2 gloo processes through `python train.py` reading a 359-image val .beton: the top-1/top-5 DDP reports
+    equals evaluate.py's (one process, every image once) on the same checkpoint, as with the folder loader."""
+    from tests.test_ddp import odd_val_root, run_train
+    from trainer.data.beton import WriteOptions, write_beton
+
+    root = odd_val_root(sample_root, tmp_path / "data")
+    val = tmp_path / "val.beton"
+    write_beton(root / "val", val, validate_layout(root), WriteOptions(write_mode="raw", max_resolution=None))
+    data = [*_files_data(root, betons[0], val, "data.num_workers=1"), "data.num_classes=10"]
+    run_dir = tmp_path / "run"
+    args = [
+        *tiny_overrides(run_dir, cache_dir),
+        *data,
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.limit_train_batches=3",
+        "model=timm/resnet10t",
+    ]
+    proc = run_train(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["global_step"] == 3
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    overrides = [f"ckpt={ckpt}", *data]
+    cfg = compose_config([*tiny_overrides(tmp_path / "eval", cache_dir), *overrides], "eval")
+    single = evaluate(cfg, overrides=overrides)
+    assert single["images"] == 359
+    assert single["top1"] == pytest.approx(results["top1"], abs=1e-9)
+    assert single["top5"] == pytest.approx(results["top5"], abs=1e-9)
+    correct = round(results["top1"] * 359 / 100)  # a count over 360 (one image twice) could not give this value
+    assert results["top1"] == pytest.approx(100 * correct / 359, abs=1e-4)
 
 
 # -- progressive resizing --------------------------------------------------------------------------------------
@@ -855,3 +918,28 @@ def test_recipe_uses_progressive_resizing() -> None:
     ramp = cfg.callbacks.progressive_resizing
     assert (ramp.min_res, ramp.max_res, ramp.start_epoch, ramp.end_epoch) == (160, 192, 11, 13)
     assert OmegaConf.select(cfg, "callbacks.checkpoint") is not None  # the default callbacks stay
+
+
+# -- the loader benchmark ----------------------------------------------------------------------------------------
+
+
+@needs_ffcv
+@pytest.mark.slow
+def test_loader_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """benchmarks/loaders.py on a few generated images: every side (each in a process of its own) measures, and the
+    ratios it reports are those of its medians."""
+    out = tmp_path / "loaders.json"
+    args = ["--images", "48", "--batch-size", "8", "--workers", "1", "--rounds", "1", "--epochs", "2"]
+    args += ["--fresh-buffers", "--keep", str(tmp_path / "work"), "--json", str(out)]
+    proc = subprocess.run(
+        [PYTHON, "benchmarks/loaders.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rates, medians = report["images_per_sec"]["1"], report["medians"]["1"]
+    assert set(rates) == {"folder", "ffcv", "ours", "ours-fresh"}
+    assert all(len(r) == 2 and min(r) > 0 for r in rates.values()), rates
+    assert report["ffcv_over_folder"] == pytest.approx(medians["ffcv"] / medians["folder"])
+    assert report["ours_over_ffcv"] == pytest.approx(medians["ours"] / medians["ffcv"])
+    assert report["beton"]["bytes"] > 0 and report["beton"]["source_bytes"] > 0
+    assert "generated JPEGs" in report["images"] and "at 1 workers: ffcv/folder" in proc.stdout

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from trainer.data.batch_augment import BatchAugment, needs_batch_augment
@@ -260,7 +261,16 @@ class FFCVDataModule(ImageFolderDataModule):
         self._close(split)
         per_device = self.per_device_batch_size
         distributed = self.world_size > 1
+        indices = info.indices()
         drop_last = False
+        if distributed and not train:
+            # Exact distributed evaluation, as the folder loader's UnrepeatedDistributedSampler: each rank reads its
+            # strided share of the val set in order, unpadded (ffcv's distributed SEQUENTIAL order would pad with
+            # DistributedSampler, counting some images twice in the summed metrics).
+            if indices is None:
+                indices = np.arange(info.num_samples, dtype=np.uint64)
+            indices = indices[self.global_rank :: self.world_size]
+            distributed = False
         if train:
             per_device_samples = math.ceil(info.num_images / self.world_size)
             drop_last = self.drop_last and per_device_samples >= per_device
@@ -274,7 +284,7 @@ class FFCVDataModule(ImageFolderDataModule):
                 order=self._order(train, distributed),
                 distributed=distributed,
                 seed=self.seed,
-                indices=info.indices(),
+                indices=indices,
                 pipelines=self._pipelines(train, self._device()),
                 drop_last=drop_last,
                 batches_ahead=self.batches_ahead,

@@ -15,7 +15,8 @@ module imports this module only once ffcv is known to import).
   QUASI_RANDOM no longer depends on how many orders were drawn before (a resumed run reads the order the
   uninterrupted one would), `before_epoch` runs as each epoch's iterator is made
   (the moment its buffers are sized: progressive resizing), an abandoned epoch's thread is stopped when the next one
-  starts, and torch's thread count is left alone (ffcv sets it to its loader threads). This module imports ffcv:
+  starts, the buffers are reused from epoch to epoch while their shapes hold (ffcv makes new ones every epoch), and
+  torch's thread count is left alone (ffcv sets it to its loader threads). This module imports ffcv:
   import it after trainer.data.beton.require_ffcv() (which keeps torch's threads as they were).
 """
 
@@ -25,7 +26,8 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,7 +37,7 @@ from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
 from ffcv.loader import Loader as _FFCVLoader
 from ffcv.loader.epoch_iterator import EpochIterator as _FFCVEpochIterator
 from ffcv.pipeline import compiler as _compiler
-from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.allocation_query import AllocationQuery, allocate_query
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 from ffcv.transforms import NormalizeImage
@@ -161,6 +163,25 @@ class ResizeRandomCropRGBImageDecoder(ResizedCropRGBImageDecoder):
         return _resize_random_crop
 
 
+def _describe(requirements: Mapping[str, Mapping[int, Any]]) -> tuple:
+    """The shapes, dtypes and devices of a pipeline's allocation queries (what its buffers must be)."""
+
+    def one(query: Any) -> Any:
+        if isinstance(query, AllocationQuery):
+            return (tuple(int(d) for d in query.shape), str(query.dtype), str(query.device))
+        if isinstance(query, Sequence):
+            return tuple(one(q) for q in query)
+        return None
+
+    return tuple((kind, node, one(q)) for kind, queries in sorted(requirements.items()) for node, q in queries.items())
+
+
+def _on_cuda(buffer: Any) -> bool:
+    if isinstance(buffer, (tuple, list)):
+        return any(_on_cuda(b) for b in buffer)
+    return isinstance(buffer, torch.Tensor) and buffer.is_cuda
+
+
 class _EpochIterator(_FFCVEpochIterator):
     def start(self) -> None:
         # The Loader was built with one more batch ahead than asked (one more buffer); the queue keeps the asked
@@ -198,6 +219,30 @@ class Loader(_FFCVLoader):
         self._epoch = epoch
         self._before_epoch = before_epoch
         self._current: _EpochIterator | None = None
+        self._buffers: tuple[Any, Any] | None = None  # (what they were made for, the buffers)
+        self.graph.allocate_memory = self._allocate_memory
+
+    def _allocate_memory(self, batch_size: int, slots: int) -> Any:
+        # ffcv allocates every buffer afresh for every epoch: gigabytes of new pages to fault in per epoch at
+        # ImageNet sizes (several % of a fast epoch). The same buffers serve the next epoch when nothing about them
+        # changed (a new resolution makes new ones); __iter__ has stopped the previous epoch's thread by then.
+        requirements, _ = self.graph.collect_requirements()
+        key = (batch_size, slots, _describe(requirements))
+        if self._buffers is not None and self._buffers[0] == key:
+            if any(_on_cuda(b) for kind in self._buffers[1].values() for b in kind.values()):
+                torch.cuda.synchronize()  # every stream: the last epoch's copies and reads are done
+            return self._buffers[1]
+        buffers: dict[str, dict[int, Any]] = defaultdict(dict)
+        for kind, queries in requirements.items():
+            for node_id, query in queries.items():
+                if isinstance(query, AllocationQuery):
+                    buffers[kind][node_id] = allocate_query(query, batch_size, slots)
+                elif isinstance(query, Sequence):
+                    buffers[kind][node_id] = tuple(allocate_query(q, batch_size, slots) for q in query)
+                else:
+                    buffers[kind][node_id] = None
+        self._buffers = (key, buffers)
+        return buffers
 
     def __iter__(self) -> _EpochIterator:
         self.close()
@@ -229,4 +274,6 @@ class Loader(_FFCVLoader):
         """Stop the epoch being read, if any (its thread and buffers)."""
         if self._current is not None:
             self._current.close()
+            if self._current.is_alive():  # a thread that would not stop keeps its buffers
+                self._buffers = None
             self._current = None
