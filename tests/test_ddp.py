@@ -37,6 +37,18 @@ def data_overrides(root: Path) -> list[str]:
     return [f"data.root={root}", "data.sample=false", "data.num_classes=10"]
 
 
+def ddp_args(run_dir: Path, cache_dir: Path, data: list[str]) -> list[str]:
+    """A 3-step run of timm/resnet10t on 2 gloo processes (train.py overrides)."""
+    return [
+        *tiny_overrides(run_dir, cache_dir),
+        *data,
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.limit_train_batches=3",
+        "model=timm/resnet10t",
+    ]
+
+
 def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [PYTHON, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
@@ -124,16 +136,7 @@ def test_ddp_val_top1_equals_single_process_evaluation(cache_dir: Path, sample_r
     every image once) on the same checkpoint; only rank 0 wrote files."""
     root = odd_val_root(sample_root, tmp_path / "data")
     run_dir = tmp_path / "run"
-    args = [
-        *tiny_overrides(run_dir, cache_dir),
-        *data_overrides(root),
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
-        "trainer.limit_train_batches=3",
-        "data.batch_size=32",
-        "model=timm/resnet10t",
-    ]
-    proc = run_train(args, tmp_path)
+    proc = run_train(ddp_args(run_dir, cache_dir, [*data_overrides(root), "data.batch_size=32"]), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "global batch 32 (16 per device x 2 device(s) x 1 node(s))" in proc.stdout + proc.stderr
     results = json.loads((run_dir / "results.json").read_text())

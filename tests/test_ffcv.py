@@ -438,7 +438,7 @@ def test_distributed_ranks_read_disjoint_shards(cache_dir: Path, betons, tmp_pat
 def test_ddp_val_top1_equals_single_process_evaluation(cache_dir: Path, sample_root: Path, betons, tmp_path: Path):
     """2 gloo processes through `python train.py` reading a 359-image val .beton: the top-1/top-5 DDP reports
     equals evaluate.py's (one process, every image once) on the same checkpoint, as with the folder loader."""
-    from tests.test_ddp import odd_val_root, run_train
+    from tests.test_ddp import ddp_args, odd_val_root, run_train
     from trainer.data.beton import WriteOptions, write_beton
 
     root = odd_val_root(sample_root, tmp_path / "data")
@@ -446,15 +446,7 @@ def test_ddp_val_top1_equals_single_process_evaluation(cache_dir: Path, sample_r
     write_beton(root / "val", val, validate_layout(root), WriteOptions(write_mode="raw", max_resolution=None))
     data = [*_files_data(root, betons[0], val, "data.num_workers=1"), "data.num_classes=10"]
     run_dir = tmp_path / "run"
-    args = [
-        *tiny_overrides(run_dir, cache_dir),
-        *data,
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
-        "trainer.limit_train_batches=3",
-        "model=timm/resnet10t",
-    ]
-    proc = run_train(args, tmp_path)
+    proc = run_train(ddp_args(run_dir, cache_dir, data), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["global_step"] == 3

@@ -26,7 +26,6 @@ import contextlib
 import queue
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -37,7 +36,8 @@ from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
 from ffcv.loader import Loader as _FFCVLoader
 from ffcv.loader.epoch_iterator import EpochIterator as _FFCVEpochIterator
 from ffcv.pipeline import compiler as _compiler
-from ffcv.pipeline.allocation_query import AllocationQuery, allocate_query
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.graph import Graph
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 from ffcv.transforms import NormalizeImage
@@ -232,15 +232,7 @@ class Loader(_FFCVLoader):
             if any(_on_cuda(b) for kind in self._buffers[1].values() for b in kind.values()):
                 torch.cuda.synchronize()  # every stream: the last epoch's copies and reads are done
             return self._buffers[1]
-        buffers: dict[str, dict[int, Any]] = defaultdict(dict)
-        for kind, queries in requirements.items():
-            for node_id, query in queries.items():
-                if isinstance(query, AllocationQuery):
-                    buffers[kind][node_id] = allocate_query(query, batch_size, slots)
-                elif isinstance(query, Sequence):
-                    buffers[kind][node_id] = tuple(allocate_query(q, batch_size, slots) for q in query)
-                else:
-                    buffers[kind][node_id] = None
+        buffers = Graph.allocate_memory(self.graph, batch_size, slots)
         self._buffers = (key, buffers)
         return buffers
 
