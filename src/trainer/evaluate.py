@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from trainer.builders import build_datamodule, build_model
 from trainer.data import FFCVDataModule
+from trainer.data.beton import sha256_of
 from trainer.errors import CheckpointError, ConfigError
 from trainer.eval import Protocol, fully_convolutional, predict
 from trainer.eval.protocols import collate_views, loss_of
@@ -63,14 +63,6 @@ def apply_overrides(saved: DictConfig, requested: DictConfig, overrides: Sequenc
 
 def _model_state(checkpoint: dict[str, Any], prefix: str = "model.") -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _weights_to_evaluate(cfg: DictConfig, ckpt: Path, has_ema: bool) -> list[str]:

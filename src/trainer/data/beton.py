@@ -211,7 +211,8 @@ def _structure_digest(path: Path, header: np.void, size: int) -> str:
     return digest.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
+def sha256_of(path: str | os.PathLike) -> str:
+    """The sha256 of a whole file, read in blocks (the .beton index's digest; evaluate.py's checkpoint digest)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
@@ -302,7 +303,7 @@ def check_beton(
         missing = np.flatnonzero(~has_data & ~placeholder)
         if len(missing):
             raise ValueError(f"sample {int(missing[0])} has no image data ({len(missing)} such samples)")
-        if verify and _file_digest(path) != index.get("sha256"):
+        if verify and sha256_of(path) != index.get("sha256"):
             raise ValueError("its content differs from what was written (sha256)")
     except (OSError, ValueError, IndexError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -603,7 +604,7 @@ def write_beton(
                 "skipped": [i for i, _, _ in bad],
                 "size_bytes": size,
                 "structure_sha256": _structure_digest(beton, header, size),
-                "sha256": _file_digest(beton),
+                "sha256": sha256_of(beton),
                 "source_bytes": source_bytes,
                 "write_seconds": round(seconds, 3),
                 "write": options.stored(),
