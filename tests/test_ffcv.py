@@ -264,14 +264,13 @@ def test_same_checkpoint_same_top1_with_either_loader(cache_dir: Path, sample_ff
 
 @needs_ffcv
 @pytest.mark.slow
-def test_one_epoch_of_training_with_sample_ffcv(cache_dir: Path, betons, tmp_path: Path) -> None:
+def test_training_with_sample_ffcv_learns(cache_dir: Path, betons, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    results = train(_ffcv_cfg(run_dir, cache_dir, "data.num_workers=2"))
-    assert results["epochs"] == 1 and results["global_step"] == 1437 // 64
-    # one epoch from scratch (22 steps) is too short for a stable accuracy (15-40% seen); the loss must fall
-    with open(run_dir / "metrics.csv", newline="") as f:
-        losses = [float(r["train/loss_step"]) for r in csv.DictReader(f) if r["train/loss_step"]]
-    assert len(losses) >= 2 and losses[-1] < losses[0], losses
+    results = train(_ffcv_cfg(run_dir, cache_dir, "data.num_workers=2", "trainer.max_epochs=3"))
+    assert results["epochs"] == 3 and results["global_step"] == 3 * (1437 // 64)
+    # One epoch from scratch (22 steps) is no test of learning: its loss rises and falls back to about ln(10) and
+    # its top-1 is 11-40%. After three epochs top-1 was 90-92.5% in three runs (chance: 10%).
+    assert results["top1"] > 50, results
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     cfg = _ffcv_cfg(tmp_path / "eval", cache_dir, f"ckpt={ckpt}", config_name="eval")
     assert evaluate(cfg, overrides=[f"ckpt={ckpt}"])["top1"] == results["top1"]  # the run's own last val
