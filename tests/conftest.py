@@ -6,30 +6,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from trainer.config import register_configs
+from tests.helpers import ROOT, compose_config, tiny_overrides
 from trainer.data import write_sample_set
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
-PYTHON = sys.executable
-
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
-    """The config train.py / evaluate.py would run with these command-line overrides."""
-    register_configs(overrides)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")
@@ -40,19 +27,6 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_root(cache_dir: Path) -> Path:
     return write_sample_set(cache_dir / "sample_digits_32")
-
-
-def tiny_overrides(run_dir: Path, cache_dir: Path) -> list[str]:
-    """Shrink a run for tests: CPU, no progress bar, no worker processes, a few batches."""
-    return [
-        f"run_dir={run_dir}",
-        f"paths.cache_dir={cache_dir}",
-        "trainer.accelerator=cpu",
-        "trainer.devices=1",
-        "trainer.enable_progress_bar=false",
-        "data.num_workers=0",
-        "trainer.max_epochs=1",
-    ]
 
 
 @pytest.fixture

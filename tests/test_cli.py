@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF_DIR, PYTHON, ROOT
+from tests.helpers import CONF_DIR, PYTHON, ROOT
 from trainer.cli import EXIT_USER_ERROR, prepare, user_errors
 from trainer.train import train
 

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF_DIR, ROOT, compose_config
+from tests.helpers import CONF_DIR, ROOT, compose_config
 from trainer.builders import build_datamodule, build_model, build_trainer, effective_lr
 from trainer.models import get_entry, list_models
 

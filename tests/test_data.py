@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from tests.conftest import CONF_DIR
+from tests.helpers import CONF_DIR
 from trainer.builders import build_datamodule
 from trainer.data import ImageFolderDataModule, validate_layout, write_sample_set
 from trainer.data.folder import ImageFolderDataset, SkipCounter, collate_skipping_bad

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from tests.conftest import PYTHON, ROOT, compose_config, tiny_overrides
+from tests.helpers import (
+    compose_config,
+    data_overrides,
+    ddp_args,
+    odd_val_root,
+    run_train,
+    tiny_overrides,
+)
 from trainer.builders import build_datamodule
 from trainer.data.samplers import SeededDistributedSampler, UnrepeatedDistributedSampler
 from trainer.engine.distributed import check_devices, process_rank, rank_zero_hydra_files
@@ -21,39 +26,6 @@ from trainer.engine.resume import newest_readable, prune_hpc
 from trainer.errors import ConfigError
 from trainer.evaluate import evaluate
 from trainer.train import train
-
-
-def odd_val_root(sample_root: Path, dest: Path, drop: int = 1) -> Path:
-    """The sample set with `drop` val images removed: 360 - drop, not divisible by 2 (the training split linked)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "train").symlink_to(sample_root / "train")
-    shutil.copytree(sample_root / "val", dest / "val")
-    for image in sorted((dest / "val" / "0").iterdir())[:drop]:
-        image.unlink()
-    return dest
-
-
-def data_overrides(root: Path) -> list[str]:
-    return [f"data.root={root}", "data.sample=false", "data.num_classes=10"]
-
-
-def ddp_args(run_dir: Path, cache_dir: Path, data: list[str]) -> list[str]:
-    """A 3-step run of timm/resnet10t on 2 gloo processes (train.py overrides)."""
-    return [
-        *tiny_overrides(run_dir, cache_dir),
-        *data,
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
-        "trainer.limit_train_batches=3",
-        "model=timm/resnet10t",
-    ]
-
-
-def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [PYTHON, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-
 
 # -- samplers ---------------------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from tests.conftest import compose_config, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
 from trainer.errors import CheckpointError, ConfigError
 from trainer.eval import FullyConvolutional, Protocol, fully_convolutional, score_scales, score_views, ten_crop
 from trainer.eval.views import googlenet_crops

@@ -15,7 +15,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.conftest import PYTHON, ROOT
+from tests.helpers import PYTHON, ROOT
 from trainer.builders import build_datamodule, build_model, build_module, build_trainer
 from trainer.engine import create_optimizer
 from trainer.engine.fast_paths import compile_model, is_compiled, on_cuda, resolve_switch
@@ -269,7 +269,7 @@ def test_default_optimizer_steps_with_foreach_on_cpu() -> None:
 
 
 def test_bad_step_impl_exits_2_with_one_line(tmp_path, cache_dir, sample_root) -> None:
-    from tests.conftest import tiny_overrides
+    from tests.helpers import tiny_overrides
 
     args = [*tiny_overrides(tmp_path / "run", cache_dir), "trainer.limit_train_batches=1", "optim.step_impl=fast"]
     proc = subprocess.run([PYTHON, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)

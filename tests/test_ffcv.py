@@ -27,7 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import PYTHON, ROOT, compose_config, tiny_overrides
+from tests.helpers import PYTHON, ROOT, compose_config, tiny_overrides
 from trainer.builders import build_datamodule
 from trainer.data.batch_augment import BatchAugment, _apply_op, _jitter, needs_batch_augment
 from trainer.data.folder import ImageFolderDataset, validate_layout
@@ -437,7 +437,7 @@ def test_distributed_ranks_read_disjoint_shards(cache_dir: Path, betons, tmp_pat
 def test_ddp_val_top1_equals_single_process_evaluation(cache_dir: Path, sample_root: Path, betons, tmp_path: Path):
     """2 gloo processes through `python train.py` reading a 359-image val .beton: the top-1/top-5 DDP reports
     equals evaluate.py's (one process, every image once) on the same checkpoint, as with the folder loader."""
-    from tests.test_ddp import ddp_args, odd_val_root, run_train
+    from tests.helpers import ddp_args, odd_val_root, run_train
     from trainer.data.beton import WriteOptions, write_beton
 
     root = odd_val_root(sample_root, tmp_path / "data")

@@ -12,7 +12,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from tests.conftest import PYTHON, ROOT, compose_config, tiny_overrides
+from tests.helpers import PYTHON, ROOT, compose_config, tiny_overrides
 from trainer.builders import fill_data_defaults
 from trainer.cli import EXIT_USER_ERROR
 from trainer.errors import CheckpointError

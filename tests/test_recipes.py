@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tests.conftest import ROOT, compose_config, tiny_overrides
+from tests.helpers import ROOT, compose_config, tiny_overrides
 from trainer.builders import build_datamodule, build_model, build_trainer, check_recipe, effective_lr
 from trainer.errors import ConfigError
 from trainer.models import get_entry, list_models

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, compose_config, tiny_overrides
+from tests.helpers import ROOT, compose_config, tiny_overrides
 from trainer.evaluate import evaluate
 from trainer.models import get_entry
 from trainer.models.complexity import meta_model

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import PYTHON, ROOT, compose_config, tiny_overrides
-from tests.test_ddp import data_overrides, odd_val_root
+from tests.helpers import PYTHON, ROOT, compose_config, data_overrides, odd_val_root, tiny_overrides
 from trainer.evaluate import evaluate
 
 EPOCHS, BATCHES = 3, 8  # 24 optimizer steps uninterrupted

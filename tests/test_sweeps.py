@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import ROOT, compose_config
+from tests.helpers import ROOT, compose_config
 from trainer.builders import build_model, fill_data_defaults
 from trainer.errors import ConfigError
 from trainer.sweeps import check_point, compound_product, enumerate_grid, satisfies

@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from tests.conftest import PYTHON, ROOT, compose_config, tiny_overrides
+from tests.helpers import PYTHON, ROOT, compose_config, tiny_overrides
 from trainer.cli import EXIT_USER_ERROR, user_errors
 from trainer.engine.checkpoint_io import _umask
 from trainer.errors import CheckpointError, DataError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose_config, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
 from trainer.engine.wandb_logger import RUN_ID_FILE, has_wandb_credentials
 from trainer.train import train
 

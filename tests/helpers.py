@@ -1,0 +1,72 @@
+"""Helpers the tests share (fixtures stay in conftest.py): the config composed as train.py composes it, the
+overrides that shrink a run for tests, and the DDP/data helpers several test files use. Tests import from here,
+never from conftest.py or from each other."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from trainer.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+PYTHON = sys.executable
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """The config train.py / evaluate.py would run with these command-line overrides."""
+    register_configs(overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def tiny_overrides(run_dir: Path, cache_dir: Path) -> list[str]:
+    """Shrink a run for tests: CPU, no progress bar, no worker processes, a few batches."""
+    return [
+        f"run_dir={run_dir}",
+        f"paths.cache_dir={cache_dir}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.enable_progress_bar=false",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+    ]
+
+
+def odd_val_root(sample_root: Path, dest: Path, drop: int = 1) -> Path:
+    """The sample set with `drop` val images removed: 360 - drop, not divisible by 2 (the training split linked)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "train").symlink_to(sample_root / "train")
+    shutil.copytree(sample_root / "val", dest / "val")
+    for image in sorted((dest / "val" / "0").iterdir())[:drop]:
+        image.unlink()
+    return dest
+
+
+def data_overrides(root: Path) -> list[str]:
+    return [f"data.root={root}", "data.sample=false", "data.num_classes=10"]
+
+
+def ddp_args(run_dir: Path, cache_dir: Path, data: list[str]) -> list[str]:
+    """A 3-step run of timm/resnet10t on 2 gloo processes (train.py overrides)."""
+    return [
+        *tiny_overrides(run_dir, cache_dir),
+        *data,
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.limit_train_batches=3",
+        "model=timm/resnet10t",
+    ]
+
+
+def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
