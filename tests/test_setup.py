@@ -11,7 +11,18 @@ from packaging.requirements import Requirement
 from tests.helpers import ROOT
 
 # the libraries whose behaviour or private members the project depends on
-WATCHED = ("torch", "torchvision", "lightning", "timm", "hydra-core", "torchmetrics", "pillow", "numpy", "ffcv", "numba")
+WATCHED = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "timm",
+    "hydra-core",
+    "torchmetrics",
+    "pillow",
+    "numpy",
+    "ffcv",
+    "numba",
+)
 
 
 def pins() -> dict[str, str]:
