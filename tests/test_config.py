@@ -36,7 +36,7 @@ RECIPE_FACTS = {
         "sched.decay_rate": 0.1,
         "trainer.max_epochs": 90,
         "model.drop_rate": 0.5,
-        "augment.crop": "resize_random",
+        "augment.crop": "center_random",  # Sec. 2: shorter side 256, central 256 x 256; Sec. 4.1: random 224
         "augment.lighting_std": 0.1,
     },
     "vgg": {

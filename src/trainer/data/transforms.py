@@ -7,8 +7,11 @@ Crops (`crop`):
   2015, Sec. 6; the common ImageNet crop);
 - `scale_jitter`: the shorter side resized to an integer drawn uniformly from `jitter_sizes`, then a random square
   crop (VGG, Simonyan & Zisserman 2015, Sec. 3.1: S in [256, 512]; ResNet, He et al. 2016, Sec. 3.4: [256, 480]);
-- `resize_random`: the image resized to a `resize` x `resize` square, then a random crop (AlexNet, Sec. 2 and 4.1:
-  256 x 256 images, random 224 patches).
+- `center_random`: the shorter side resized to `resize`, the central `resize` x `resize` square kept, then a random
+  crop (AlexNet, Sec. 2: "rescaled the image such that the shorter side was of length 256, and then cropped out the
+  central 256x256 patch"; Sec. 4.1: random 224 x 224 patches of those and their reflections);
+- `squash_random`: the whole image resized (squashed, aspect not kept) to a `resize` x `resize` square, then a random
+  crop (the common realisation of AlexNet's crop in reimplementations; not the paper's).
 Pixel sizes (`jitter_sizes`, `resize`) are the papers' for 224-px crops and scale with the resolution (at 112 px,
 [256, 512] becomes [128, 256]), so a recipe keeps its proportions on small images such as the bundled sample set.
 
@@ -31,7 +34,7 @@ from timm.data.transforms import str_to_interp_mode
 
 from trainer.errors import ConfigError
 
-CROPS = ("random_resized", "scale_jitter", "resize_random")
+CROPS = ("random_resized", "scale_jitter", "center_random", "squash_random")
 PAPER_RESOLUTION = 224  # the crop the papers' pixel sizes belong to
 
 # AlexNet's PCA lighting: eigenvalues and eigenvectors of the RGB covariance of ImageNet training pixels (values
@@ -113,7 +116,10 @@ def build_train_transform(
     elif crop == "scale_jitter":
         low, high = (_scaled(s, resolution) for s in augment["jitter_sizes"])
         steps = [ScaleJitter(low, high, interp), T.RandomCrop(resolution)]
-    elif crop == "resize_random":
+    elif crop == "center_random":
+        size = _scaled(augment["resize"], resolution)
+        steps = [T.Resize(size, interpolation=interp), T.CenterCrop(size), T.RandomCrop(resolution)]
+    elif crop == "squash_random":
         size = _scaled(augment["resize"], resolution)
         steps = [T.Resize((size, size), interpolation=interp), T.RandomCrop(resolution)]
     else:
