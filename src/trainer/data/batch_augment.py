@@ -256,10 +256,10 @@ class BatchAugment(nn.Module):
         self.register_buffer("eigvec", torch.tensor(IMAGENET_PCA_EIGVEC), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"policy={type(self.policy).__name__ if self.policy else None}, rotation={self.rotation}, " + (
-            f"jitter={self.jitter}, "
-        ) + (
-            f"lighting_std={self.lighting_std}, dtype={self.dtype}"
+        return (
+            f"policy={type(self.policy).__name__ if self.policy else None}, rotation={self.rotation}, "
+            + (f"jitter={self.jitter}, ")
+            + (f"lighting_std={self.lighting_std}, dtype={self.dtype}")
         )
 
     # AutoAugment: a program per sample, run step by step with the samples grouped by (op, arguments).

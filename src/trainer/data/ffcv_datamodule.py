@@ -5,8 +5,9 @@ class index (sorted class folders, checked against the class index written besid
 batch split over devices, drop_last for training only), crops and normalisation:
 
 - training: RandomResizedCrop (`train_scale`, `train_ratio`, or the recipe's `augment.scale` / `ratio`) + horizontal
-  flip, in ffcv's decoder; the recipes' `scale_jitter`, `center_random` and `squash_random` crops as decoders of their own
-  (trainer.data.ffcv_ops); AutoAugment, colour jitter and PCA lighting as batched tensor ops on the training device
+  flip, in ffcv's decoder; the recipes' `scale_jitter`, `center_random` and `squash_random` crops as decoders of
+  their own (trainer.data.ffcv_ops); AutoAugment, rotation, colour jitter and PCA lighting as batched tensor ops on
+  the training device
   after loading (trainer.data.batch_augment, applied in `on_after_batch_transfer`);
 - validation: a centre crop at the model's crop ratio, resized to `resolution` (ffcv's CenterCropRGBImageDecoder);
 - the model's mean/std.

@@ -44,10 +44,10 @@ from ffcv.transforms import NormalizeImage
 from ffcv.traversal_order import QuasiRandom
 
 __all__ = [
+    "CenterRandomCropRGBImageDecoder",
     "DeviceNormalize",
     "ExactNormalize",
     "Loader",
-    "CenterRandomCropRGBImageDecoder",
     "ScaleJitterRGBImageDecoder",
     "SquashRandomCropRGBImageDecoder",
 ]

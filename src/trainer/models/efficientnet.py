@@ -3,9 +3,10 @@
 
 B0-B7 are timm's `tf_efficientnet_b*`: the paper's networks with TensorFlow's "SAME" padding and BN epsilon (1e-3),
 the form the official weights were trained in, built with the paper's BN momentum (Sec. 5.2: 0.99 in TensorFlow's
-convention, 0.01 in PyTorch's; timm's default would be 0.1). Each entry keeps the authors' hand-set width / depth / resolution /
-dropout (the paper's Table 2 models; the official `efficientnet_params`), not the pure compound formula: B1-B7 were
-rounded by hand (B1 is width 1.0, depth 1.1 at 240 px, where phi=1 of the formula gives 1.1 / 1.2 / 258 px).
+convention, 0.01 in PyTorch's; timm's default would be 0.1). Each entry keeps the authors' hand-set width / depth /
+resolution / dropout (the paper's Table 2 models; the official `efficientnet_params`), not the pure compound
+formula: B1-B7 were rounded by hand (B1 is width 1.0, depth 1.1 at 240 px, where phi=1 of the formula gives
+1.1 / 1.2 / 258 px).
 Entries also carry the paper's head dropout (0.2 ... 0.5) and drop-connect rate 0.2 (Sec. 5.2) as model kwargs.
 Eval: bicubic resize and centre crop resolution / (resolution + 32), the official preprocessing's CROP_PADDING.
 

@@ -35,8 +35,8 @@ register(
         top5=94.4,
         protocol="1-crop (Table 3)",
         notes=(
-            "TF-slim's release, not exactly the paper's Fig. 5 / Table 1: 5x5 branch in Mixed_5b, another stem, no BN on "
-            "the aux head's FC (not the paper's BN-auxiliary); aux_logits=True adds the head (aux params 3.33 M)"
+            "TF-slim's release, not exactly the paper's Fig. 5 / Table 1: 5x5 branch in Mixed_5b, another stem, no BN "
+            "on the aux head's FC (not the paper's BN-auxiliary); aux_logits=True adds the head (3.33 M)"
         ),
     )
 )

@@ -63,7 +63,7 @@ def add_missing_drop_paths(model: nn.Module) -> int:
     for module in list(model.modules()):
         if not hasattr(module, "drop_path") or getattr(module, "has_skip", True) is False:
             continue
-        current = getattr(module, "drop_path")
+        current = module.drop_path
         if current is None or type(current) is nn.Identity:
             module.drop_path = BatchDropPath(1.0)
             module.drop_path.train(module.training)

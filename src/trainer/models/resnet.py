@@ -25,7 +25,7 @@ for _name, _params, _top1, _top5 in (
 ):
     notes = {
         "resnet18": "projection shortcuts (option B); the paper's figure is Table 2's, for option A (zero-padding)",
-        "resnet34": "projection shortcuts (option B): Table 3's option-B figures (Table 2's are option A, zero-padding)",
+        "resnet34": "projection shortcuts (option B): Table 3's option-B figures (Table 2's: option A, zero-padding)",
     }.get(_name, _NOTE)
     register(
         ModelEntry(
