@@ -52,7 +52,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,7 @@ class Sizes:
     throughput_args: tuple[str, ...] = ()
     families: tuple[str, ...] | None = None  # None: every family
     compile_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # for every command
 
 
 GPU = Sizes(
@@ -103,6 +104,8 @@ DRY_RUN = Sizes(
             "evaluate": (180, 10), "compile": (180, 10), "throughput_folder": (180, 10)},
     overrides=("data.resolution=32",), throughput_args=("--peak-size", "256"), families=("squeezenet", "alexnet"),
     compile_args=("--device", "cpu", "--backend", "eager", "--smallest-input"),
+    # one torch thread per command: the dry run shares a 2-core machine with other jobs (threads would contend)
+    env={"OMP_NUM_THREADS": "1"},
 )  # fmt: skip
 STEPS = tuple(GPU.limits)
 # what the targets need: the plain loop fed by the loader (no target) would cost one more compile and loader start
@@ -185,7 +188,7 @@ class GpuCheck:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: a timeout kills its workers too
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.sizes.env, **(env or {})},
             )
             try:
                 returncode, timed_out = proc.wait(timeout=max(timeout, 1)), False
