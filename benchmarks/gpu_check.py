@@ -124,7 +124,8 @@ def environment(cpu: bool) -> dict[str, Any]:
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
     env["git_commit"] = git.stdout.strip() or None
     env["python"] = sys.version.split()[0]
-    for package in ("torch", "lightning", "timm", "ffcv", "numba"):
+    env["torch"] = torch.__version__  # with its build (+cu130)
+    for package in ("lightning", "timm", "ffcv", "numba"):
         env[package] = version(package)
     env["cuda"], env["cudnn"] = torch.version.cuda, torch.backends.cudnn.version() if not cpu else None
     env["device"], env["driver"], env["gpu_memory"] = "cpu", None, None
