@@ -28,11 +28,11 @@ TRAIN_IMAGES, VAL_IMAGES, BATCH = 10 * 8, 10 * 4, 8
 
 
 @pytest.fixture
-def gpu_check(monkeypatch: pytest.MonkeyPatch):
+def gpu_targets(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its imports of its neighbours, as when run as a script
-    import gpu_check
+    import gpu_targets
 
-    return gpu_check
+    return gpu_targets
 
 
 @pytest.mark.system
@@ -103,7 +103,7 @@ def _throughput(synthetic: float, plain: float, loader: float) -> dict:
 
 
 @pytest.mark.unit
-def test_verdicts_against_the_issue_targets(gpu_check) -> None:
+def test_verdicts_against_the_issue_targets(gpu_targets) -> None:
     steps = {
         "throughput_ffcv": _throughput(synthetic=3600.0, plain=3700.0, loader=3000.0),  # 0.973; loader 0.833
         "train": {"status": "ok", "results": {"top1": 12.5}},
@@ -116,7 +116,7 @@ def test_verdicts_against_the_issue_targets(gpu_check) -> None:
             }
         },
     }
-    checks = gpu_check.targets(steps)
+    checks = gpu_targets.targets(steps)
     assert checks["synthetic_images_per_sec"]["verdict"] == "PASS"  # 3,600 >= 3,500
     assert checks["lightning_over_plain"]["verdict"] == "PASS"  # 3,600 / 3,700 = 0.973 >= 0.95
     assert checks["ffcv_fed_fraction"]["verdict"] == "FAIL"  # 3,000 / 3,600 = 0.833 < 0.90
@@ -128,7 +128,7 @@ def test_verdicts_against_the_issue_targets(gpu_check) -> None:
     steps["throughput_ffcv"] = _throughput(synthetic=3400.0, plain=3700.0, loader=3300.0)  # 0.919 of plain
     steps["compile"]["families"]["vgg"]["status"] = "compiled"
     steps["evaluate"]["center"]["top1"] = 12.5
-    checks = gpu_check.targets(steps)
+    checks = gpu_targets.targets(steps)
     assert checks["synthetic_images_per_sec"]["verdict"] == "FAIL"  # 3,400 < 3,500
     assert checks["lightning_over_plain"]["verdict"] == "FAIL"
     assert checks["ffcv_fed_fraction"]["verdict"] == "PASS"  # 3,300 / 3,400 = 0.971
@@ -137,11 +137,11 @@ def test_verdicts_against_the_issue_targets(gpu_check) -> None:
 
 
 @pytest.mark.unit
-def test_what_did_not_run_is_not_measured(gpu_check) -> None:
+def test_what_did_not_run_is_not_measured(gpu_targets) -> None:
     steps = {
         "throughput_ffcv": {"status": "timed_out"},
         "compile": {"families": {"vgg": {"model": "vgg11", "status": "timed_out", "reason": "ran out of time"}}},
     }
-    checks = gpu_check.targets(steps)
+    checks = gpu_targets.targets(steps)
     assert {name: check["verdict"] for name, check in checks.items()} == dict.fromkeys(TARGETS, "NOT MEASURED")
     assert "timed_out" in checks["synthetic_images_per_sec"]["text"] and checks["compile_no_family_fails"]["unchecked"]
