@@ -88,24 +88,30 @@ def natural_image(seed: int, size: tuple[int, int] = (400, 350)) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def _write_one(job: tuple[int, str]) -> int:
-    seed, path = job
-    Image.fromarray(natural_image(seed)).save(path, quality=90)
+def _write_one(job: tuple[int, str, tuple[int, int]]) -> int:
+    seed, path, size = job
+    Image.fromarray(natural_image(seed, size)).save(path, quality=90)
     return os.path.getsize(path)
 
 
-def generate(root: Path, count: int, classes: int = 10, val_per_class: int = 4) -> str:
-    """`count` training JPEGs (and a few for val) in ImageNet layout under `root`."""
+def generate(
+    root: Path, count: int, classes: int = 10, val_per_class: int = 4, size: tuple[int, int] = (400, 350)
+) -> str:
+    """`count` training JPEGs (and a few for val) of about `size` (width, height) in ImageNet layout under `root`,
+    written by every CPU."""
     jobs = []
     for split, n in (("train", count), ("val", val_per_class * classes)):
         for i in range(n):
             folder = root / split / f"n{i % classes:08d}"
             folder.mkdir(parents=True, exist_ok=True)
-            jobs.append((i + (0 if split == "train" else 10**6), str(folder / f"{i:06d}.JPEG")))
+            jobs.append((i + (0 if split == "train" else 10**6), str(folder / f"{i:06d}.JPEG"), size))
     with mp.get_context("fork").Pool(os.cpu_count()) as pool:
         sizes = pool.map(_write_one, jobs, chunksize=16)
     mean_kib = np.mean(sizes) / 1024
-    return f"{count} generated JPEGs with natural-image statistics, ~400x350, quality 90, mean {mean_kib:.0f} KiB"
+    return (
+        f"{count} generated JPEGs with natural-image statistics, ~{size[0]}x{size[1]}, quality 90, "
+        f"mean {mean_kib:.0f} KiB"
+    )
 
 
 def link_imagenet(imagenet: Path, root: Path, count: int) -> str:

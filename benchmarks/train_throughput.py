@@ -4,7 +4,7 @@ batches resident on the device and then fed by the configured data loader, for o
 PyTorch loop side by side; the model TFLOP/s achieved and its fraction of the device's measured matmul peak.
 
     .venv/bin/python benchmarks/train_throughput.py [--models resnet50,resnet18] [--batch-sizes 256,128]
-        [--steps 50] [--warmup 10] [--json out.json] [--no-loader] [override ...]
+        [--steps 50] [--warmup 10] [--json out.json] [--no-loader] [--sides lightning/loader] [override ...]
 
 Overrides are train.py's (`trainer=gpu data=imagenet data.root=/data/imagenet`); `model=<name>` alone selects that
 model. Without --models or model=, the matrix is resnet50, resnet18, efficientnet_b0, densenet121, mobilenet_v2,
@@ -201,7 +201,7 @@ def cell(cfg: DictConfig, args: argparse.Namespace, device: torch.device, peak: 
         "macs_per_image": macs,
         "images_per_sec": {},
     }
-    for side in SIDES:
+    for side in args.sides:
         if side.endswith("loader") and datamodule is None:
             continue
         timed = run_side(side, cfg.copy(), datamodule, num_classes, args.warmup, args.steps, device)
@@ -212,12 +212,17 @@ def cell(cfg: DictConfig, args: argparse.Namespace, device: torch.device, peak: 
             flush=True,
         )
     rates = row["images_per_sec"]
-    row["tflops"] = rates["lightning/synthetic"] * TRAIN_FLOPS_PER_MAC * macs / 1e12
-    row["peak_fraction"] = row["tflops"] / peak
-    row["framework_ratio_synthetic"] = rates["lightning/synthetic"] / rates["plain/synthetic"]
-    if "lightning/loader" in rates:
-        row["framework_ratio_loader"] = rates["lightning/loader"] / rates["plain/loader"]
-        row["loader_fraction"] = rates["lightning/loader"] / rates["lightning/synthetic"]
+    lightning = rates.get("lightning/synthetic") or rates.get("lightning/loader")
+    row["tflops"] = lightning * TRAIN_FLOPS_PER_MAC * macs / 1e12 if lightning else None
+    row["peak_fraction"] = row["tflops"] / peak if lightning else None
+    # each ratio where both its sides ran (--sides may leave some out)
+    for key, top, bottom in (
+        ("framework_ratio_synthetic", "lightning/synthetic", "plain/synthetic"),
+        ("framework_ratio_loader", "lightning/loader", "plain/loader"),
+        ("loader_fraction", "lightning/loader", "lightning/synthetic"),
+    ):
+        if top in rates and bottom in rates:
+            row[key] = rates[top] / rates[bottom]
     return row
 
 
@@ -240,12 +245,13 @@ def print_table(rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
         print(
             f"{r['model']:<16} {r['batch_size']:>5} {r['resolution']:>4} "
             f"{fmt(rate.get('lightning/synthetic'), '9.1f'):>9} {fmt(rate.get('plain/synthetic'), '9.1f'):>9} "
-            f"{fmt(r['framework_ratio_synthetic'], '5.2f'):>5} {fmt(rate.get('lightning/loader'), '9.1f'):>9} "
+            f"{fmt(r.get('framework_ratio_synthetic'), '5.2f'):>5} {fmt(rate.get('lightning/loader'), '9.1f'):>9} "
             f"{fmt(rate.get('plain/loader'), '9.1f'):>9} {fmt(r.get('framework_ratio_loader'), '5.2f'):>5} "
-            f"{fmt(r.get('loader_fraction'), '6.2f'):>6} {r['tflops']:>8.3f} {100 * r['peak_fraction']:>5.1f}%"
+            f"{fmt(r.get('loader_fraction'), '6.2f'):>6} {fmt(r['tflops'], '8.3f'):>8} "
+            f"{fmt(r['peak_fraction'] and 100 * r['peak_fraction'], '5.1f'):>5}%"
         )
     for r in rows:
-        if r["model"] == "resnet50" and r["resolution"] == 224:
+        if r["model"] == "resnet50" and r["resolution"] == 224 and "framework_ratio_synthetic" in r:
             rate = r["images_per_sec"]["lightning/synthetic"]
             verdicts = [
                 f"synthetic {rate:.0f} images/s (target >= {TARGET_IMAGES_PER_SEC:.0f} on one H100)",
@@ -263,12 +269,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="timed steps per side (default 50)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first: compile, cudnn (default 10)")
     parser.add_argument("--no-loader", action="store_true", help="synthetic data only (no data set needed)")
+    parser.add_argument(
+        "--sides", default=",".join(SIDES), help=f"comma-separated, of {', '.join(SIDES)} (default: all)"
+    )
     parser.add_argument("--peak-size", type=int, help="matmul size for the peak (default 8192 on CUDA, 1024 on CPU)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. trainer=gpu data=imagenet")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
+    sides = args.sides.split(",")
+    if unknown := [side for side in sides if side not in SIDES]:
+        parser.error(f"--sides: unknown side '{unknown[0]}' (one of {', '.join(SIDES)})")
+    args.sides = [side for side in SIDES if side in sides]  # SIDES' order
 
     given = [o for o in args.overrides if o.startswith("model=")]
     models = args.models.split(",") if args.models else [given[-1].split("=", 1)[1]] if given else list(MODELS)
