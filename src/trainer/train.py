@@ -23,6 +23,7 @@ from trainer.builders import (
 from trainer.engine import EpochThroughput
 from trainer.engine.distributed import check_devices
 from trainer.engine.resume import newest_readable, prune_hpc
+from trainer.engine.run_dir import check_reuse, complete_message, finished_run
 from trainer.errors import CheckpointError, ConfigError
 
 RESUME_MODES = ("never", "auto")
@@ -50,6 +51,22 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """The checkpoint to resume from, and what a finished run reached when `resume=auto` has nothing left to train
+    (engine/run_dir.py); a run_dir that holds another run, without resume, is refused in one line."""
+    ckpt_path = resume_path(cfg, run_dir)
+    check_reuse(run_dir, cfg.resume, cfg.ckpt_path)
+    finished = finished_run(cfg, ckpt_path) if ckpt_path and cfg.resume == "auto" else None
+    return ckpt_path, finished
+
+
+def best_top1(checkpoint: Any) -> float | None:
+    """The best val top-1 (%) the checkpoint callback saw; None before any validation (0.0 is a score)."""
+    if checkpoint is None or checkpoint.best_model_score is None:
+        return None
+    return 100 * float(checkpoint.best_model_score)
+
+
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -61,7 +78,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = output_dir(cfg)
     cfg.run_dir = str(run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = resume_path(cfg, run_dir)
+    ckpt_path, finished = check_run_dir(cfg, run_dir)  # before anything is written into run_dir
+    if finished:  # nothing left to train: report the run as it is, write nothing
+        rank_zero_info(complete_message(run_dir, finished, cfg.trainer.get("max_epochs")))
+        return finished["results"] or {"epochs": finished["epochs"], "global_step": finished["global_step"]}
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
@@ -110,7 +130,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if "val_ema/top1" in metrics
             else {}
         ),
-        "best_top1": 100 * float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score else None,
+        "best_top1": best_top1(checkpoint),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "params": params,
