@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
-from tests.helpers import compose_config, run_train, tiny_overrides
+from tests.helpers import ROOT, compose_config, run_train, tiny_overrides
+from trainer.data.batch_augment import BatchAugment
+from trainer.data.transforms import POLICIES, build_train_transform, posterize
 from trainer.errors import ConfigError
 from trainer.train import best_top1, train
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _cfg(run_dir: Path, cache_dir: Path, *overrides: str) -> DictConfig:
@@ -84,3 +91,48 @@ def test_best_top1_of_zero_is_zero_not_null() -> None:
     assert best_top1(checkpoint) == 0.0
     checkpoint.best_model_score = torch.tensor(0.25)
     assert best_top1(checkpoint) == pytest.approx(25.0)
+
+
+# 3. Every AutoAugment policy the project offers runs on both loaders' paths with the installed Pillow.
+def _named_policies() -> set[str]:
+    """The auto_augment values the configs and recipes name."""
+    named = set()
+    for path in [*(ROOT / "conf").rglob("*.yaml"), *(ROOT / "recipes").rglob("*.yaml")]:
+        for line in path.read_text().splitlines():
+            key, _, value = line.split("#")[0].partition(":")
+            if key.strip() == "auto_augment" and value.strip() not in ("", "null"):
+                named.add(value.strip())
+    return named
+
+
+@pytest.mark.unit
+def test_every_named_policy_is_tested() -> None:
+    assert _named_policies() <= set(POLICIES), "a config names a policy that the tests below do not run"
+
+
+@pytest.mark.unit
+def test_posterize_to_zero_bits_is_black_as_tensorflow_shifts() -> None:
+    image = Image.new("RGB", (4, 3), (200, 130, 7))
+    assert posterize(image, 0).getextrema() == ((0, 0),) * 3  # x >> 8 << 8 == 0
+    assert posterize(image, 2).getpixel((0, 0)) == (192, 128, 0)  # the two MSB kept: 0b11000000, 0b10000000, 0
+    assert posterize(image, 8) is image
+
+
+@pytest.mark.unit
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", POLICIES)
+def test_auto_augment_policy_runs_on_both_loaders(policy: str) -> None:
+    """300 random images through the folder loader's PIL pipeline and the FFCV loader's batched ops."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    augment = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "augment" / "imagenet.yaml"))
+    augment.update(scale=[0.08, 1.0], ratio=[0.75, 4 / 3], hflip=0.5, auto_augment=policy)
+    transform = build_train_transform(augment, resolution=24, mean=MEAN, std=STD, interpolation="bilinear")
+    pixels = torch.randint(0, 256, (300, 24, 24, 3), dtype=torch.uint8)
+    for array in pixels.numpy():
+        assert transform(Image.fromarray(array)).shape == (3, 24, 24)
+    batched = BatchAugment({"auto_augment": policy}, resolution=24, mean=MEAN, std=STD)
+    for chunk in pixels.permute(0, 3, 1, 2).split(50):
+        out = batched(chunk.contiguous())
+        assert out.shape == chunk.shape and torch.isfinite(out).all()
