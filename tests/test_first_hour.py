@@ -16,9 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from tests.helpers import ROOT, compose_config, run_train, tiny_overrides
+from trainer.builders import build_model, build_module, check_aux_heads, smallest_training_resolution
 from trainer.data.batch_augment import BatchAugment
 from trainer.data.transforms import POLICIES, build_train_transform, posterize
 from trainer.errors import ConfigError
+from trainer.models.probe import meta_twin, training_outputs
 from trainer.train import best_top1, train
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -136,3 +138,72 @@ def test_auto_augment_policy_runs_on_both_loaders(policy: str) -> None:
     for chunk in pixels.permute(0, 3, 1, 2).split(50):
         out = batched(chunk.contiguous())
         assert out.shape == chunk.shape and torch.isfinite(out).all()
+
+
+# 4. Auxiliary heads: checked at start, and the smallest input trains, with and without the heads.
+# Every catalogue model that can be built with auxiliary heads. A real step for each but NASNet-A Large (88 M
+# parameters, ~3 min of CPU per step on a shared machine): its cells and auxiliary head are NASNet-A Mobile's, and
+# its bound is checked on the meta device below. Models without heads: test_models.py's meta-device check.
+AUX_MODELS = ["googlenet", "googlenet_bn", "inception_v3", "nasnet_a_mobile"]
+
+
+@pytest.mark.unit
+def test_unweighted_aux_heads_fail_at_start_naming_both_fixes(tmp_path: Path, cache_dir: Path) -> None:
+    cfg = compose_config([*tiny_overrides(tmp_path / "run", cache_dir), "model=googlenet", "data.resolution=96"])
+    model = meta_twin("googlenet", 10)
+    with pytest.raises(ConfigError) as error:
+        check_aux_heads(cfg, model, 10)
+    message = str(error.value)
+    assert "2 auxiliary" in message and "loss.aux_weights=[0.3]" in message
+    assert "+model.kwargs.aux_logits=false" in message
+    check_aux_heads(compose_config([*cfg_overrides(tmp_path, cache_dir), "loss.aux_weights=[0.3]"]), model, 10)
+
+
+def cfg_overrides(tmp_path: Path, cache_dir: Path) -> list[str]:
+    return [*tiny_overrides(tmp_path / "run", cache_dir), "model=googlenet", "data.resolution=96"]
+
+
+def _aux_overrides(name: str, aux: bool) -> list[str]:
+    return [f"model={name}", f"+model.kwargs.aux_logits={str(aux).lower()}", *(["loss.aux_weights=[0.3]"] * aux)]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_inception_v3_with_its_aux_head_is_refused_at_start_below_its_size(tmp_path: Path, cache_dir: Path) -> None:
+    cfg = _cfg(tmp_path / "run", cache_dir, "recipe=inception_v3", "model=inception_v3", "data.resolution=75")
+    with pytest.raises(ConfigError, match=r"auxiliary heads .* at least \d+ px; training resolution 75"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize("aux", [True, False], ids=["with_aux", "without_aux"])
+@pytest.mark.parametrize("name", AUX_MODELS)
+def test_one_training_step_at_the_smallest_accepted_input(name: str, aux: bool, tmp_path: Path, cache_dir) -> None:
+    """One step at exactly the smallest size the start checks accept; one pixel less fails in the network itself
+    (or in the catalogue's input check, where that is the bound)."""
+    torch.manual_seed(0)
+    overrides = _aux_overrides(name, aux)
+    probe = compose_config([*tiny_overrides(tmp_path / "run", cache_dir), *overrides])
+    size = smallest_training_resolution(probe, 10)
+    cfg = compose_config([*tiny_overrides(tmp_path / "run", cache_dir), *overrides, f"data.resolution={size}"])
+    model = build_model(cfg, num_classes=10).train()
+    check_aux_heads(cfg, model, 10)
+    module = build_module(cfg, model, [str(i) for i in range(10)])
+    outputs = model(torch.randn(2, 3, size, size))
+    assert isinstance(outputs, tuple) == aux
+    module.loss(outputs, torch.tensor([1, 7])).backward()
+    with pytest.raises(RuntimeError):  # torch's size errors and our InputSizeError are RuntimeErrors
+        model(torch.randn(2, 3, size - 1, size - 1))
+
+
+@pytest.mark.unit
+@pytest.mark.slow
+@pytest.mark.parametrize("aux", [True, False], ids=["with_aux", "without_aux"])
+def test_nasnet_large_smallest_input_on_the_meta_device(aux: bool, tmp_path: Path, cache_dir: Path) -> None:
+    cfg = compose_config([*tiny_overrides(tmp_path / "run", cache_dir), *_aux_overrides("nasnet_a_large", aux)])
+    size = smallest_training_resolution(cfg, 10)
+    twin = meta_twin("nasnet_a_large", 10, aux_logits=aux)
+    assert training_outputs(twin, size) == int(aux)
+    assert isinstance(training_outputs(twin, size - 1), str)

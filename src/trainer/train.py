@@ -17,6 +17,7 @@ from trainer.builders import (
     build_model,
     build_module,
     build_trainer,
+    check_aux_heads,
     check_recipe,
     effective_lr,
 )
@@ -93,6 +94,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"recipe '{cfg.recipe_info.name}': {e}") from None
         raise
     check_recipe(cfg, model)
+    check_aux_heads(cfg, model, len(classes))
     module = build_module(cfg, model, classes)
     check_devices(cfg)
     trainer = build_trainer(cfg)
