@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from trainer.builders import build_datamodule, build_model
 from trainer.data import FFCVDataModule
 from trainer.data.beton import sha256_of
+from trainer.engine.loggers import announce
 from trainer.errors import CheckpointError, ConfigError
 from trainer.eval import Protocol, fully_convolutional, predict
 from trainer.eval.protocols import collate_views, loss_of
@@ -334,9 +335,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
     write_json(out, results)
     if protocol.name == "center" and not cfg.eval.out:  # the name evaluate.py wrote before protocols existed
         write_json(run_dir / f"eval_{cfg.eval.split}.json", results)
-    print(
+    announce(
         f"{ckpt}: {cfg.eval.split} {protocol.name} ({protocol.views_per_image} views) top-1 {results['top1']:.2f}%  "
-        f"top-5 {results['top5']:.2f}%\nresults: {out}",
-        flush=True,
+        f"top-5 {results['top5']:.2f}%\nresults: {out}"
     )
     return results

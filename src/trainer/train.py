@@ -23,6 +23,7 @@ from trainer.builders import (
 )
 from trainer.engine import EpochThroughput
 from trainer.engine.distributed import check_devices
+from trainer.engine.loggers import announce
 from trainer.engine.resume import newest_readable, prune_hpc
 from trainer.engine.run_dir import check_reuse, complete_message, finished_run
 from trainer.errors import CheckpointError, ConfigError
@@ -147,9 +148,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in trainer.loggers:
             if hasattr(logger, "log_results"):
                 logger.log_results(results)  # wandb: the results into the run summary, then close the run
-        print(
+        announce(
             f"val top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%  after {results['epochs']} epochs "
-            f"({wall_time:.0f} s)\nrun directory: {run_dir}",
-            flush=True,
+            f"({wall_time:.0f} s)\nrun directory: {run_dir}"
         )
     return results
