@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 from typing import Any
 
 import lightning as L
@@ -11,10 +11,11 @@ import torch.nn as nn
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
+from trainer.engine.compat import quiet_known_noise
 from trainer.engine.distributed import cluster_plugins
 from trainer.engine.fast_paths import compile_model, resolve_switch
 from trainer.errors import ConfigError, UserError
@@ -22,6 +23,8 @@ from trainer.models import create_model, data_defaults, get_entry, load_weights
 from trainer.models.catalogue import TIMM_PREFIX, check_resolution
 from trainer.models.probe import SEARCH_LIMIT, meta_twin, smallest_input, training_outputs
 from trainer.models.regularization import DROP_PATH_MODES, apply_linear_decay, drop_path_modules, set_drop_path_mode
+
+log = logging.getLogger(__name__)
 
 _MODEL_DEFAULTED = ("resolution", "crop_ratio", "interpolation", "mean", "std")
 
@@ -171,10 +174,7 @@ def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> C
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    with warnings.catch_warnings():
-        # Lightning's hint to prepend `srun` fires wherever SLURM's client is installed, also for a local DDP run on
-        # a workstation; SLURM jobs go through slurm/train.sbatch, which does use srun.
-        warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+    with quiet_known_noise():  # e.g. Lightning's `srun` hint and litlogger tip (engine/compat.py)
         return _build_trainer(cfg, **overrides)
 
 
@@ -202,9 +202,10 @@ def check_recipe(cfg: DictConfig, model: nn.Module) -> None:
     name = cfg.model.name
     family = None if name.startswith(TIMM_PREFIX) else get_entry(name).family
     families = list(info.get("families") or [])
-    if families and family not in families:
-        rank_zero_warn(
-            f"recipe '{info.name}' was written for the {', '.join(families)} family; model '{name}' is "
+    if families and family not in families and rank_zero_only.rank == 0:
+        # a line in the run's log, not a Python warning with its source line
+        log.warning(
+            f"note: recipe '{info.name}' was written for the {', '.join(families)} family; model '{name}' is "
             f"{family or 'a timm model'}: its values are used as they are"
         )
     if cfg.loss.aux_weights and not getattr(model, "aux_logits", False):

@@ -22,6 +22,7 @@ from trainer.builders import (
     effective_lr,
 )
 from trainer.engine import EpochThroughput
+from trainer.engine.compat import quiet_known_noise
 from trainer.engine.distributed import check_devices
 from trainer.engine.loggers import announce
 from trainer.engine.resume import newest_readable, prune_hpc
@@ -117,7 +118,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             prune_hpc(run_dir / "checkpoints", ckpt_path)  # keep the two newest requeue checkpoints
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with quiet_known_noise(resuming=bool(ckpt_path)):  # messages the user cannot act on (engine/compat.py)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     wall_time = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -3,6 +3,7 @@ images skipped as undecodable, a drop-path rate that rises during training, and 
 
 from __future__ import annotations
 
+import math
 import time
 
 import lightning as L
@@ -159,3 +160,27 @@ class ProgressiveResizing(L.Callback):
         # the size the data module set when it made this epoch's iterator
         resolution = float(trainer.datamodule.train_resolution)
         pl_module.log("train/resolution", resolution, on_step=False, on_epoch=True, rank_zero_only=True)
+
+
+class EpochLength(L.Callback):
+    """Once the training set is known: a global batch larger than the training set is named in a warning (every
+    epoch is then one partial batch, or none with drop_last), and `log_every_n_steps` above the epoch's length is
+    lowered to it, instead of Lightning's warning on every small data set (the bundled sample set) that step losses
+    would go unlogged for the epoch."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        images = len(getattr(datamodule, "train_set", None) or []) if stage == "fit" else 0
+        batch = getattr(datamodule, "batch_size", None)
+        if not images or not batch:
+            return
+        if batch > images:
+            rank_zero_warn(
+                f"data.batch_size={batch} is larger than the training set ({images} images): each epoch is one "
+                f"step of {images} images; lower data.batch_size",
+            )
+        steps = max(1, math.ceil(images / batch))
+        limit = trainer.limit_train_batches
+        steps = min(steps, int(limit)) if isinstance(limit, int) else max(1, int(steps * float(limit)))
+        if steps < trainer.log_every_n_steps:
+            trainer.log_every_n_steps = steps
