@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +22,9 @@ from tests.helpers import ROOT, compose_config, run_train, tiny_overrides
 from trainer.builders import build_model, build_module, check_aux_heads, smallest_training_resolution
 from trainer.data.batch_augment import BatchAugment
 from trainer.data.transforms import POLICIES, build_train_transform, posterize
+from trainer.engine.callbacks import EpochLength
 from trainer.errors import ConfigError
+from trainer.hub import export
 from trainer.models.probe import meta_twin, training_outputs
 from trainer.train import best_top1, train
 
@@ -207,3 +212,62 @@ def test_nasnet_large_smallest_input_on_the_meta_device(aux: bool, tmp_path: Pat
     twin = meta_twin("nasnet_a_large", 10, aux_logits=aux)
     assert training_outputs(twin, size) == int(aux)
     assert isinstance(training_outputs(twin, size - 1), str)
+
+
+# 7 and 8. What a run prints and writes on the command line: no message the user cannot act on, the run's log in
+# train.log, the summary naming the data.
+NOISE = ("litlogger", "`srun` command is available", "LeafSpec", "log_every_n_steps", "exists and is not empty")
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_a_run_and_its_resume_print_nothing_the_user_cannot_act_on(tmp_path: Path, cache_dir: Path, sample_root):
+    run_dir = tmp_path / "run"
+    args = [*tiny_overrides(run_dir, cache_dir), "model=timm/resnet10t", "trainer.limit_train_batches=2"]
+    first = run_train(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_train([*args, "trainer.max_epochs=2", "resume=auto"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    for done in (first, resumed):
+        said = done.stdout + done.stderr
+        assert not [n for n in NOISE if n in said], said
+        assert "Warning" not in said, said
+    log = (run_dir / "train.log").read_text()
+    assert "model timm/resnet10t" in log and "val top-1" in log and "after 2 epochs" in log
+    assert f"data {sample_root}" in first.stderr  # the summary names the image folder
+
+
+@pytest.mark.unit
+def test_a_global_batch_above_the_training_set_is_named_and_logging_fits_the_epoch() -> None:
+    trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(train_set=[0] * 100, batch_size=256), limit_train_batches=1.0, log_every_n_steps=10
+    )
+    with pytest.warns(UserWarning, match=r"data.batch_size=256 is larger than the training set \(100 images\)"):
+        EpochLength().setup(trainer, None, "fit")
+    assert trainer.log_every_n_steps == 1
+    trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(train_set=[0] * 1437, batch_size=64), limit_train_batches=3, log_every_n_steps=10
+    )
+    EpochLength().setup(trainer, None, "fit")
+    assert trainer.log_every_n_steps == 3
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_an_export_is_shareable_and_the_login_hint_is_the_installed_cli(finished: Path, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        out = export(finished / "checkpoints" / "best.ckpt", tmp_path / "export").out
+    finally:
+        os.umask(old)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o755)
+    assert oct((out / "model.safetensors").stat().st_mode & 0o777) == oct(0o644)
+    assert (Path(sys.executable).parent / "hf").is_file()  # huggingface_hub's CLI: `hf auth login`
+    assert "hf auth login" in (ROOT / "scripts" / "publish.py").read_text()
+
+
+@pytest.mark.unit
+def test_evaluate_writes_its_log_beside_the_checkpoints_run(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    cfg = compose_config([f"ckpt={ckpt}"], config_name="eval")
+    assert Path(cfg.run_dir) == (tmp_path / "run").resolve()  # Hydra's output dir: no runs/eval/<date>/<time>/
