@@ -26,7 +26,7 @@ from trainer.engine.callbacks import EpochLength
 from trainer.errors import ConfigError
 from trainer.hub import export
 from trainer.models.probe import meta_twin, training_outputs
-from trainer.train import best_top1, train
+from trainer.train import best_top1, data_source, train
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -271,3 +271,14 @@ def test_evaluate_writes_its_log_beside_the_checkpoints_run(tmp_path: Path) -> N
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
     cfg = compose_config([f"ckpt={ckpt}"], config_name="eval")
     assert Path(cfg.run_dir) == (tmp_path / "run").resolve()  # Hydra's output dir: no runs/eval/<date>/<time>/
+
+
+@pytest.mark.unit
+def test_the_summary_names_the_files_the_run_reads(tmp_path: Path, cache_dir: Path) -> None:
+    for data in ("ffcv", "sample_ffcv"):
+        extra = ["data.train_beton=/b/train.beton", "data.val_beton=/b/val.beton"] if data == "ffcv" else []
+        cfg = compose_config([*tiny_overrides(tmp_path / "run", cache_dir), f"data={data}", *extra])
+        assert data_source(cfg) == f"{cfg.data.train_beton} + {cfg.data.val_beton}"
+        assert data_source(cfg).endswith("val.beton") and "None" not in data_source(cfg)
+    cfg = compose_config([*tiny_overrides(tmp_path / "run", cache_dir), "data=sample"])
+    assert data_source(cfg) == str(cfg.data.root)

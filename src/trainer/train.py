@@ -63,6 +63,13 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict[str,
     return ckpt_path, finished
 
 
+def data_source(cfg: DictConfig) -> str:
+    """What the run reads: the .beton files for the FFCV loader, else the image folder."""
+    if cfg.data.get("train_beton"):
+        return f"{cfg.data.train_beton} + {cfg.data.val_beton}"
+    return str(cfg.data.root)
+
+
 def best_top1(checkpoint: Any) -> float | None:
     """The best val top-1 (%) the checkpoint callback saw; None before any validation (0.0 is a score)."""
     if checkpoint is None or checkpoint.best_model_score is None:
@@ -105,7 +112,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     params = sum(p.numel() for p in model.parameters())
     rank_zero_info(
-        f"model {cfg.model.name}: {params / 1e6:.2f} M parameters, {len(classes)} classes; data {cfg.data.root} "
+        f"model {cfg.model.name}: {params / 1e6:.2f} M parameters, {len(classes)} classes; data {data_source(cfg)} "
         f"at {cfg.data.resolution}px (crop ratio {cfg.data.crop_ratio}); global batch {cfg.data.batch_size} "
         f"({per_device} per device x {trainer.num_devices} device(s) x {trainer.num_nodes} node(s)); "
         f"lr {effective_lr(cfg):.6g} (optim.lr {cfg.optim.lr} for batch {cfg.optim.get('ref_batch_size')}, "
