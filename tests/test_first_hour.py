@@ -22,7 +22,7 @@ from tests.helpers import ROOT, compose_config, run_train, tiny_overrides
 from trainer.builders import build_model, build_module, check_aux_heads, smallest_training_resolution
 from trainer.data.batch_augment import BatchAugment
 from trainer.data.transforms import POLICIES, build_train_transform, posterize
-from trainer.engine.callbacks import EpochLength
+from trainer.engine.callbacks import EpochLength, percent
 from trainer.errors import ConfigError
 from trainer.hub import export
 from trainer.models.probe import meta_twin, training_outputs
@@ -282,3 +282,12 @@ def test_the_summary_names_the_files_the_run_reads(tmp_path: Path, cache_dir: Pa
         assert data_source(cfg).endswith("val.beton") and "None" not in data_source(cfg)
     cfg = compose_config([*tiny_overrides(tmp_path / "run", cache_dir), "data=sample"])
     assert data_source(cfg) == str(cfg.data.root)
+
+
+@pytest.mark.unit
+def test_the_progress_bar_shows_accuracy_in_percent_as_the_summary() -> None:
+    assert percent("val/top1", 0.1222) == "12.22%" and percent("train/top5", torch.tensor(0.5)) == "50.00%"
+    assert percent("val_ema/top1", 1.0) == "100.00%"
+    assert percent("train/loss", 2.25) == 2.25 and percent("v_num", "abc") == "abc"
+    callbacks = compose_config(["trainer.accelerator=cpu"]).callbacks
+    assert callbacks.progress_bar._target_.endswith("PercentProgressBar")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 
 from trainer.errors import ConfigError
@@ -184,3 +186,20 @@ class EpochLength(L.Callback):
         steps = min(steps, int(limit)) if isinstance(limit, int) else max(1, int(steps * float(limit)))
         if steps < trainer.log_every_n_steps:
             trainer.log_every_n_steps = steps
+
+
+class PercentProgressBar(RichProgressBar):
+    """Lightning's rich progress bar with top-1/top-5 shown in percent, as the summary line and results.json give
+    them (the logged metrics, metrics.csv, stay fractions)."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return {key: percent(key, value) for key, value in super().get_metrics(trainer, pl_module).items()}
+
+
+def percent(key: str, value: Any) -> Any:
+    """`value` as '12.34%' where `key` is an accuracy (top1 / top5), else as it is."""
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+        value = value.item()
+    if key.rsplit("/", 1)[-1].startswith(("top1", "top5")) and isinstance(value, (int, float)):
+        return f"{100 * value:.2f}%"
+    return value
