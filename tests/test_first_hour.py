@@ -8,6 +8,7 @@ import json
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +26,8 @@ from trainer.data.transforms import POLICIES, build_train_transform, posterize
 from trainer.engine.callbacks import EpochLength, percent
 from trainer.errors import ConfigError
 from trainer.hub import export
+from trainer.models.__main__ import cached_macs
+from trainer.models.__main__ import main as models_main
 from trainer.models.probe import meta_twin, training_outputs
 from trainer.train import best_top1, data_source, train
 
@@ -291,3 +294,19 @@ def test_the_progress_bar_shows_accuracy_in_percent_as_the_summary() -> None:
     assert percent("train/loss", 2.25) == 2.25 and percent("v_num", "abc") == "abc"
     callbacks = compose_config(["trainer.accelerator=cpu"]).callbacks
     assert callbacks.progress_bar._target_.endswith("PercentProgressBar")
+
+
+@pytest.mark.unit
+def test_the_model_table_is_quick_fits_the_terminal_and_caches_macs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TRAINER_CACHE", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "100")
+    start = time.perf_counter()
+    models_main([])
+    table = capsys.readouterr().out
+    assert time.perf_counter() - start < 5  # no model is built for the plain table
+    assert "resnet18" in table and "11.69" in table and max(len(line) for line in table.splitlines()) <= 100
+    assert cached_macs(["resnet18"]) == {"resnet18": 1_814_073_344}  # counted: ResNet-18's 1.8 GMACs at 224 px
+    monkeypatch.setattr("trainer.models.__main__.complexity", lambda name: pytest.fail(f"{name} counted again"))
+    assert cached_macs(["resnet18"]) == {"resnet18": 1_814_073_344}  # from the cache
