@@ -25,6 +25,8 @@ from trainer.data.batch_augment import BatchAugment
 from trainer.data.transforms import POLICIES, build_train_transform, posterize
 from trainer.engine.callbacks import EpochLength, percent
 from trainer.errors import ConfigError
+from trainer.eval import Protocol, score_scales, ten_crop
+from trainer.evaluate import trained_with_flips
 from trainer.hub import export
 from trainer.models.__main__ import cached_macs
 from trainer.models.__main__ import main as models_main
@@ -310,3 +312,22 @@ def test_the_model_table_is_quick_fits_the_terminal_and_caches_macs(
     assert cached_macs(["resnet18"]) == {"resnet18": 1_814_073_344}  # counted: ResNet-18's 1.8 GMACs at 224 px
     monkeypatch.setattr("trainer.models.__main__.complexity", lambda name: pytest.fail(f"{name} counted again"))
     assert cached_macs(["resnet18"]) == {"resnet18": 1_814_073_344}  # from the cache
+
+
+# 5. Multi-view protocols follow the data's own flips, and their scales the data's resolution.
+@pytest.mark.unit
+def test_views_are_mirrored_only_where_training_flipped(tmp_path: Path, cache_dir: Path) -> None:
+    digits = compose_config([*tiny_overrides(tmp_path / "run", cache_dir), "data=sample"])
+    imagenet = compose_config([*tiny_overrides(tmp_path / "run", cache_dir), "data=imagenet"])
+    assert not trained_with_flips(digits) and trained_with_flips(imagenet)
+    assert trained_with_flips(compose_config([*tiny_overrides(tmp_path / "r", cache_dir), "augment.hflip=0.5"]))
+    image = torch.arange(3 * 8 * 10, dtype=torch.float32).reshape(3, 8, 10)
+    assert ten_crop(image, 6, flips=False).shape == (5, 3, 6, 6) and ten_crop(image, 6).shape == (10, 3, 6, 6)
+    plain = Protocol("ten_crop", resolution=32, crop_ratio=0.875, flips=False)
+    assert plain.views_per_image == 5 and Protocol("ten_crop", resolution=32, crop_ratio=0.875).views_per_image == 10
+    scales = Protocol("multi_scale", resolution=32, crop_ratio=1.0, scales=(224, 448), flips=False)
+    assert scales.views_per_image == 2 and scales.pixel_scales == [32, 64]  # x 32/224
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x).softmax(-1)  # one scale, no mirror: the plain softmax
+    assert torch.allclose(score_scales(model, [list(x)], flips=False), expected, atol=1e-6)
