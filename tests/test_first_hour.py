@@ -4,6 +4,7 @@ with the installed Pillow, auxiliary heads and the smallest input, evaluation vi
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -331,3 +332,28 @@ def test_views_are_mirrored_only_where_training_flipped(tmp_path: Path, cache_di
     x = torch.randn(2, 3, 6, 6)
     expected = model(x).softmax(-1)  # one scale, no mirror: the plain softmax
     assert torch.allclose(score_scales(model, [list(x)], flips=False), expected, atol=1e-6)
+
+
+# 6. scripts/profile.py: a short latency sweep on the CPU unless asked, and a line per step.
+def _profile_script():
+    spec = importlib.util.spec_from_file_location("scripts_profile_i24", ROOT / "scripts" / "profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.unit
+def test_profile_on_the_cpu_sweeps_briefly_and_says_what_it_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = _profile_script()
+    assert script.parse_args(["model=vgg16", "device=cpu"]).batch_sizes == [1, 8]
+    assert script.parse_args(["model=vgg16", "device=cpu", "--full-sweep"]).batch_sizes == [1, 2, 4, 8, 16, 32, 64]
+    assert script.parse_args(["model=vgg16", "device=cuda"]).batch_sizes == [1, 2, 4, 8, 16, 32, 64]
+    script.main(["model=resnet18", "resolution=32", "--repeats", "1", "--warmup", "0", f"out={tmp_path}", "device=cpu"])
+    progress = capsys.readouterr().err.splitlines()
+    assert [line for line in progress if "latency at batch" in line] == [
+        "... resnet18: latency at batch 1 (0 warm-up + 1 timed forwards on cpu)",
+        "... resnet18: latency at batch 8 (0 warm-up + 1 timed forwards on cpu)",
+    ]
+    assert any("multiply-adds" in line for line in progress) and any("training memory" in line for line in progress)
