@@ -29,6 +29,7 @@ from trainer.errors import ConfigError
 from trainer.eval import Protocol, score_scales, ten_crop
 from trainer.evaluate import trained_with_flips
 from trainer.hub import export
+from trainer.models import get_entry
 from trainer.models.__main__ import cached_macs
 from trainer.models.__main__ import main as models_main
 from trainer.models.probe import meta_twin, training_outputs
@@ -357,3 +358,31 @@ def test_profile_on_the_cpu_sweeps_briefly_and_says_what_it_does(
         "... resnet18: latency at batch 8 (0 warm-up + 1 timed forwards on cpu)",
     ]
     assert any("multiply-adds" in line for line in progress) and any("training memory" in line for line in progress)
+
+
+# 5. scripts/report.py: the paper's figure only beside a run on the paper's data; failed runs listed.
+def _fake_run(run: Path, data: dict, results: dict | None) -> None:
+    run.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"model": {"name": "resnet18", "kwargs": {}}, "data": data}), run / "config.yaml")
+    if results is not None:
+        (run / "results.json").write_text(json.dumps(results))
+
+
+@pytest.mark.unit
+def test_report_compares_with_the_paper_only_on_its_data_and_lists_failed_runs(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("scripts_report_i24", ROOT / "scripts" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    done = {"top1": 70.0, "top5": 89.0, "epochs": 90, "params": 11_689_512, "wall_time_s": 1.0}
+    imagenet = {"root": "/data/imagenet", "num_classes": 1000, "resolution": 224, "sample": False}
+    _fake_run(tmp_path / "runs" / "a_imagenet", imagenet, done)
+    _fake_run(tmp_path / "runs" / "b_digits", {"num_classes": 10, "resolution": 32, "sample": True}, done)
+    _fake_run(tmp_path / "runs" / "c_small", {**imagenet, "resolution": 128}, done)  # not the paper's resolution
+    _fake_run(tmp_path / "runs" / "d_failed", imagenet, None)
+    rows = {Path(r["run"]).name: r for r in report.main([str(tmp_path / "runs")])}
+    assert rows["a_imagenet"]["paper_top1"] == pytest.approx(get_entry("resnet18").top1)  # the report's source
+    assert rows["a_imagenet"]["diff_top1"] == pytest.approx(70.0 - rows["a_imagenet"]["paper_top1"])
+    assert rows["b_digits"]["paper_top1"] is None and rows["c_small"]["paper_top1"] is None
+    assert rows["d_failed"]["status"] == "failed" and rows["d_failed"]["top1"] is None
+    digits_only = report.markdown([rows["b_digits"]])
+    assert "paper_top1" not in digits_only and "70.00" in digits_only
