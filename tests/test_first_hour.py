@@ -23,6 +23,7 @@ from PIL import Image
 from tests.helpers import ROOT, compose_config, run_train, tiny_overrides
 from trainer.builders import build_model, build_module, check_aux_heads, smallest_training_resolution
 from trainer.data.batch_augment import BatchAugment
+from trainer.data.beton import WriteResult
 from trainer.data.transforms import POLICIES, build_train_transform, posterize
 from trainer.engine.callbacks import EpochLength, percent
 from trainer.errors import ConfigError
@@ -386,3 +387,12 @@ def test_report_compares_with_the_paper_only_on_its_data_and_lists_failed_runs(t
     assert rows["d_failed"]["status"] == "failed" and rows["d_failed"]["top1"] is None
     digits_only = report.markdown([rows["b_digits"]])
     assert "paper_top1" not in digits_only and "70.00" in digits_only
+
+
+@pytest.mark.unit
+def test_write_ffcv_explains_a_size_made_of_pages() -> None:
+    mib = 1 << 20
+    small = WriteResult(Path("s.beton"), 60, [], 1.0, 16 * mib + 4096, mib // 10, page_size=8 * mib, workers=2)
+    assert "page allocation" in small.summary() and "num_workers=1" in small.summary()
+    big = WriteResult(Path("b.beton"), 10_000, [], 9.0, 900 * mib, 1000 * mib, page_size=8 * mib, workers=2)
+    assert "page allocation" not in big.summary()

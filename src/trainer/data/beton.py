@@ -352,6 +352,8 @@ class WriteResult:
     seconds: float
     size_bytes: int
     source_bytes: int
+    page_size: int = 0  # ffcv's allocation unit: each writer process fills pages of its own
+    workers: int = 0  # writer processes
 
     @property
     def images_per_sec(self) -> float:
@@ -364,6 +366,13 @@ class WriteResult:
             f"{self.size_bytes / mib:.1f} MiB, source images {self.source_bytes / mib:.1f} MiB "
             f"({self.size_bytes / max(self.source_bytes, 1):.2f}x)"
         )
+        floor = self.page_size * self.workers
+        if floor and self.size_bytes <= floor + self.page_size:  # a small set: the size is ffcv's pages, not images
+            line += (
+                f"; most of it is ffcv's page allocation (each of the {self.workers} writer process(es) fills "
+                f"{self.page_size / mib:g} MiB pages of its own): page_size={MIN_PAGE_SIZE} or num_workers=1 makes "
+                f"a small set smaller"
+            )
         if self.skipped:
             line += f"; skipped {len(self.skipped)} undecodable image(s), listed in {skipped_path(self.out)}"
         return line
@@ -636,6 +645,8 @@ def write_beton(
         seconds=seconds,
         size_bytes=size,
         source_bytes=source_bytes,
+        page_size=int(options.page_size),
+        workers=int(options.num_workers or os.cpu_count() or 1),
     )
 
 
