@@ -396,3 +396,12 @@ def test_write_ffcv_explains_a_size_made_of_pages() -> None:
     assert "page allocation" in small.summary() and "num_workers=1" in small.summary()
     big = WriteResult(Path("b.beton"), 10_000, [], 9.0, 900 * mib, 1000 * mib, page_size=8 * mib, workers=2)
     assert "page allocation" not in big.summary()
+
+
+@pytest.mark.unit
+def test_wandb_is_not_told_the_deprecated_anonymous_setting_and_keeps_its_summary_quiet(tmp_path: Path) -> None:
+    from trainer.engine.wandb_logger import RunLogger
+
+    logger = RunLogger(save_dir=str(tmp_path), project="p", name="n", offline=True)
+    assert "anonymous" not in logger._wandb_init  # wandb 0.31 warns about any value given, None included
+    assert logger._wandb_init["settings"] == {"quiet": True}
