@@ -23,7 +23,7 @@ from trainer.builders import (
 )
 from trainer.engine import EpochThroughput
 from trainer.engine.compat import quiet_known_noise
-from trainer.engine.distributed import check_devices
+from trainer.engine.distributed import check_devices, process_rank
 from trainer.engine.loggers import announce
 from trainer.engine.resume import newest_readable, prune_hpc
 from trainer.engine.run_dir import check_reuse, complete_message, finished_run
@@ -58,7 +58,8 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict[str,
     """The checkpoint to resume from, and what a finished run reached when `resume=auto` has nothing left to train
     (engine/run_dir.py); a run_dir that holds another run, without resume, is refused in one line."""
     ckpt_path = resume_path(cfg, run_dir)
-    check_reuse(run_dir, cfg.resume, cfg.ckpt_path)
+    if process_rank() == 0:  # other ranks (DDP children, srun tasks) start after rank 0 has written config.yaml
+        check_reuse(run_dir, cfg.resume, cfg.ckpt_path)
     finished = finished_run(cfg, ckpt_path) if ckpt_path and cfg.resume == "auto" else None
     return ckpt_path, finished
 
