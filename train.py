@@ -21,5 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     rank_zero_hydra_files()  # ranks > 0 (srun tasks, DDP children) write no .hydra/ or job log
-    prepare(CONF_DIR, "train")
+    prepare(CONF_DIR, "train", check_run_dir=True)
     main()

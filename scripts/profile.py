@@ -5,6 +5,10 @@
     python scripts/profile.py model=resnet50 --layers            # and a per-layer table
     python scripts/profile.py model=all --out runs/profile       # every catalogue model (no latency unless --latency)
     python scripts/profile.py model=resnet18 --resolution 32 --batch-sizes 1,2,4
+    python scripts/profile.py model=vgg16 device=cpu --full-sweep  # on the CPU: batches 1-64 (default: 1 and 8)
+
+Each step prints one line to stderr as it starts (counting, per-layer table, each latency batch), so a long run on
+the CPU is never silent.
 
 Counting rules (stated, as every published figure depends on them):
 - activations: the elements of the input plus every leaf module's output, except outputs that alias their input
@@ -42,6 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "complexity.json"
 ALIASING = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten)
 BYTES = 4  # float32
+
+
+FULL_SWEEP = "1,2,4,8,16,32,64"
+CPU_SWEEP = "1,8"
 
 
 def _is_leaf(module: nn.Module) -> bool:
@@ -106,6 +114,7 @@ def latency(name: str, resolution: int, batch_sizes: list[int], device: str, war
     model = create_model(name).to(device).eval()
     rows = []
     for batch in batch_sizes:
+        step(f"{name}: latency at batch {batch} ({warmup} warm-up + {repeats} timed forwards on {device})")
         x = torch.randn(batch, 3, resolution, resolution, device=device)
         times = []
         with torch.inference_mode():
@@ -130,8 +139,14 @@ def latency(name: str, resolution: int, batch_sizes: list[int], device: str, war
     return rows
 
 
+def step(message: str) -> None:
+    """One progress line per step, on stderr (stdout keeps the summary)."""
+    print(f"... {message}", file=sys.stderr, flush=True)
+
+
 def profile(name: str, args: argparse.Namespace) -> dict[str, Any]:
     resolution = args.resolution or get_entry(name).resolution
+    step(f"{name}: parameters, multiply-adds and activations at {resolution} px (meta device)")
     model = meta_model(name)
     params = sum(p.numel() for p in model.parameters())  # what training holds in memory, auxiliary heads included
     measured = measure(model, resolution)
@@ -146,8 +161,9 @@ def profile(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "activations": activations,
         "activation_bytes": activations * BYTES,
         "train_batch": args.train_batch,
-        "training_memory": training_memory(name, resolution, args.train_batch, params, activations, args.device),
     }
+    step(f"{name}: training memory at batch {args.train_batch} on {args.device}")
+    result["training_memory"] = training_memory(name, resolution, args.train_batch, params, activations, args.device)
     if args.layers:
         result["layers"] = rows
     if args.latency:
@@ -213,13 +229,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="time inference per batch size (default: on for one model, off for all)",
     )
-    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
+    parser.add_argument(
+        "--batch-sizes",
+        default=None,
+        help=f"latency batch sizes (default: {FULL_SWEEP} on CUDA, {CPU_SWEEP} on the CPU)",
+    )
+    parser.add_argument("--full-sweep", action="store_true", help=f"on the CPU too: batches {FULL_SWEEP}")
     parser.add_argument("--train-batch", type=int, default=32, help="batch for the training-memory figure")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "profile")
     args = parser.parse_args(argv)
+    if args.batch_sizes is None:  # the CPU's sweep is short unless asked for: batch 64 of VGG-16 takes minutes
+        args.batch_sizes = FULL_SWEEP if args.device != "cpu" or args.full_sweep else CPU_SWEEP
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b]
     if args.latency is None:
         args.latency = args.model != "all"

@@ -2,7 +2,7 @@
 """Export a checkpoint and upload it to the Hugging Face Hub: `python scripts/publish.py ckpt=<path>
 repo_id=<org/name> [private=true] [out=<dir>] [overwrite=true] [weights=auto|raw|ema] [license=<id>] [--dry-run]`.
 
-The token comes from HF_TOKEN or `huggingface-cli login` and is never written anywhere; --dry-run lists the files
+The token comes from HF_TOKEN or `hf auth login` and is never written anywhere; --dry-run lists the files
 and their sizes and uploads nothing."""
 
 import sys

@@ -7,6 +7,12 @@
 One row per evaluation (`eval_<protocol>.json` written by evaluate.py) of each run, or one row from the run's own
 last validation (`results.json`, protocol "center") where it has none. The paper's top-1/top-5 come from the model's
 catalogue entry, or from the recipe's `recipe_info` when the entry has none; nothing is retyped here.
+
+A run is compared with the paper only when it trained on the paper's data: ImageNet-1k (1000 classes, not the
+bundled sample) at the paper's resolution, or CIFAR for a CIFAR entry. Other runs (the digits sample set, a data
+set of your own) are listed without paper numbers, and the markdown table drops the paper columns when no row has
+them. A run directory with a config.yaml but no results.json is listed with status "failed" (it stopped before its
+end, or is still running).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ COLUMNS = (
     "model",
     "recipe",
     "epochs",
+    "status",
     "protocol",
     "top1",
     "top5",
@@ -44,15 +51,38 @@ COLUMNS = (
 )
 
 
+PAPER_COLUMNS = ("paper_top1", "diff_top1", "paper_top5", "diff_top5", "paper_protocol")
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "results.json").is_file() or ((path / "config.yaml").is_file() and path.name != ".hydra")
+
+
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run directories: each path that holds a results.json, else every folder below it that does."""
+    """Run directories (finished or failed): each path that is one, else every folder below it that is."""
     runs: list[Path] = []
     for path in paths:
-        if (path / "results.json").is_file():
+        if _is_run(path):
             runs.append(path)
         else:
-            runs += sorted(p.parent for p in path.rglob("results.json"))
+            found = {p.parent for name in ("results.json", "config.yaml") for p in path.rglob(name)}
+            runs += sorted(p for p in found if _is_run(p))
     return sorted(dict.fromkeys(runs))
+
+
+def on_paper_data(model: str, cfg: DictConfig) -> bool:
+    """Whether the run's data is the data set the paper's figure is for (see the module docstring)."""
+    data = cfg.get("data") or {}
+    if data.get("sample") or model.startswith(TIMM_PREFIX):
+        return False
+    try:
+        entry = get_entry(model)
+    except ConfigError:
+        return False
+    classes, where = data.get("num_classes"), f"{data.get('_target_', '')} {data.get('root', '')}".lower()
+    if "cifar" in entry.name or "cifar" in entry.family:
+        return "cifar" in where and classes in (10, 100)
+    return classes == 1000 and data.get("resolution") == entry.resolution
 
 
 def paper_numbers(model: str, cfg: DictConfig) -> tuple[float | None, float | None, str | None]:
@@ -85,13 +115,17 @@ def _diff(value: float | None, paper: float | None) -> float | None:
 
 def run_rows(run: Path) -> list[dict[str, Any]]:
     cfg = OmegaConf.load(run / "config.yaml")
-    results = json.loads((run / "results.json").read_text())
     model = str(cfg.model.name)
-    paper_top1, paper_top5, paper_protocol = paper_numbers(model, cfg)
+    if not (run / "results.json").is_file():  # stopped before its end (or still running)
+        return [{**dict.fromkeys(COLUMNS), "model": model, "status": "failed", "run": str(run)}]
+    results = json.loads((run / "results.json").read_text())
+    compared = on_paper_data(model, cfg)
+    paper_top1, paper_top5, paper_protocol = paper_numbers(model, cfg) if compared else (None, None, None)
     common = {
         "model": model,
         "recipe": cfg.recipe_info.name if cfg.get("recipe_info") else "",
         "epochs": results.get("epochs"),
+        "status": "done",
         "paper_top1": paper_top1,
         "paper_top5": paper_top5,
         "paper_protocol": paper_protocol,
@@ -131,9 +165,12 @@ def _cell(column: str, value: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    """The table; without the paper columns where no run is on the paper's data."""
+    compared = any(row.get("paper_top1") is not None for row in rows)
+    columns = [c for c in COLUMNS if compared or c not in PAPER_COLUMNS]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [_cell(c, row[c]) for c in COLUMNS]
+        cells = [_cell(c, row[c]) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -145,7 +182,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     runs = find_runs(args.paths)
     if not runs:
-        parser.exit(2, f"error: no run (a folder with results.json) under {', '.join(map(str, args.paths))}\n")
+        parser.exit(
+            2, f"error: no run (a folder with results.json or config.yaml) under {', '.join(map(str, args.paths))}\n"
+        )
     rows = [row for run in runs for row in run_rows(run)]
     table = markdown(rows)
     print(table, end="")

@@ -141,7 +141,8 @@ def _evaluate(ckpt: Path, tmp_path: Path, cache_dir: Path, *overrides: str) -> d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("protocol", "views"), [("center", 1), ("ten_crop", 10), ("multi_scale", 6)])
+# the sample set never flips in training: no mirrored views (issue 24), 5 crops and 3 scales
+@pytest.mark.parametrize(("protocol", "views"), [("center", 1), ("ten_crop", 5), ("multi_scale", 3)])
 def test_each_protocol_on_a_tiny_run(
     tiny_ckpt: Path, cache_dir: Path, tmp_path: Path, protocol: str, views: int
 ) -> None:

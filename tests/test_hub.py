@@ -149,7 +149,7 @@ def test_repo_id_must_be_org_slash_name(repo_id: str) -> None:
 
 def test_publish_without_a_token_uploads_nothing(resnet_ckpt: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored `huggingface-cli login` token
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored `hf auth login` token
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub
 
@@ -158,7 +158,7 @@ def test_publish_without_a_token_uploads_nothing(resnet_ckpt: Path, tmp_path: Pa
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", no_upload)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", no_upload)
-    with pytest.raises(HubError, match="set HF_TOKEN or run `huggingface-cli login`; nothing was uploaded"):
+    with pytest.raises(HubError, match="set HF_TOKEN or run `hf auth login`; nothing was uploaded"):
         publish(resnet_ckpt, "my-lab/resnet18-digits", out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -680,10 +680,13 @@ def test_densenet264_is_the_papers() -> None:
     assert model.num_features == 2688
 
 
-def test_catalogue_table_lists_measured_counts(capsys: pytest.CaptureFixture[str]) -> None:
+def test_catalogue_table_lists_measured_counts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
     from trainer.models.__main__ import main
 
-    main(["resnet1*"])
+    monkeypatch.setenv("TRAINER_CACHE", str(tmp_path))  # --macs counts, then caches (issue 24)
+    main(["resnet1*", "--macs"])
     out = capsys.readouterr().out
     assert "resnet18" in out and "resnet152" in out and "alexnet" not in out
     assert "11.69" in out and "1.81" in out  # ResNet-18: params (M) and GMACs, measured on the meta device

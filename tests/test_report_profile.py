@@ -84,12 +84,12 @@ def test_report_tabulates_two_runs_beside_the_paper(cache_dir: Path, sample_root
 
     rows = report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
     assert [(r["run"][-1], r["protocol"]) for r in rows] == [("a", "center"), ("b", "ten_crop")]
-    paper = get_entry("resnet18").top1
     for row in rows:
         assert row["model"] == "resnet18" and row["epochs"] == 1 and row["params"] == 11_181_642
-        assert row["paper_top1"] == paper and row["diff_top1"] == pytest.approx(row["top1"] - paper)
+        # the digits sample set is not the paper's ImageNet: no paper figure to compare with (issue 24)
+        assert row["paper_top1"] is None and row["diff_top1"] is None and row["status"] == "done"
         assert row["gmacs"] > 0 and row["train_time_s"] > 0 and row["images_per_sec"] > 0
     table = (tmp_path / "report.md").read_text().splitlines()
-    assert len(table) == 4 and f"| {paper:.2f} |" in table[2]
+    assert len(table) == 4 and "paper_top1" not in table[0]
     with open(tmp_path / "report.csv", newline="") as f:
         assert [r["protocol"] for r in csv.DictReader(f)] == ["center", "ten_crop"]

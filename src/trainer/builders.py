@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 from typing import Any
 
 import lightning as L
@@ -11,15 +11,17 @@ import torch.nn as nn
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
+from trainer.engine.compat import quiet_known_noise
 from trainer.engine.distributed import cluster_plugins
 from trainer.engine.fast_paths import compile_model, resolve_switch
 from trainer.errors import ConfigError, UserError
 from trainer.models import create_model, data_defaults, get_entry, load_weights
 from trainer.models.catalogue import TIMM_PREFIX, check_resolution
+from trainer.models.probe import SEARCH_LIMIT, meta_twin, smallest_input, training_outputs
 from trainer.models.regularization import (
     DROP_PATH_MODES,
     add_missing_drop_paths,
@@ -27,6 +29,8 @@ from trainer.models.regularization import (
     drop_path_modules,
     set_drop_path_mode,
 )
+
+log = logging.getLogger(__name__)
 
 _MODEL_DEFAULTED = ("resolution", "crop_ratio", "interpolation", "mean", "std")
 
@@ -61,10 +65,7 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
         raise ConfigError(f"model.drop_path_mode='{mode}' is not one of {', '.join(DROP_PATH_MODES)}")
     if cfg.get("data") is not None and cfg.data.get("resolution") is not None:
         check_resolution(cfg.model.name, cfg.data.resolution)
-    kwargs: dict[str, Any] = dict(cfg.model.kwargs)
-    for key in ("drop_rate", "drop_path_rate"):
-        if cfg.model.get(key) is not None:
-            kwargs[key] = cfg.model[key]
+    kwargs = model_kwargs(cfg)
     try:
         model = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
     except TypeError as e:  # an argument the model's constructor does not take
@@ -77,6 +78,59 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """The constructor arguments `cfg.model` gives the backbone."""
+    kwargs: dict[str, Any] = dict(cfg.model.kwargs)
+    for key in ("drop_rate", "drop_path_rate"):
+        if cfg.model.get(key) is not None:
+            kwargs[key] = cfg.model[key]
+    return kwargs
+
+
+def training_resolution(cfg: DictConfig) -> int:
+    """The smallest input training will feed: data.resolution, or progressive resizing's start where lower."""
+    resizing = (cfg.get("callbacks") or {}).get("progressive_resizing")
+    low = resizing.get("min_res") if resizing else None
+    return min(int(cfg.data.resolution), int(low)) if low else int(cfg.data.resolution)
+
+
+def smallest_training_resolution(cfg: DictConfig, num_classes: int, twin: nn.Module | None = None) -> int:
+    """The smallest input the network `cfg.model` builds accepts in training: the catalogue's minimum, or more
+    where the network as built (auxiliary heads running) needs more (probed on a meta-device twin)."""
+    name = cfg.model.name
+    low = 1 if name.startswith(TIMM_PREFIX) else get_entry(name).min_resolution
+    twin = twin if twin is not None else meta_twin(name, num_classes, **model_kwargs(cfg))
+    smallest = smallest_input(lambda r: isinstance(training_outputs(twin, r), int), low)
+    if smallest is None:
+        raise ConfigError(f"model '{name}' as built accepts no input size up to {SEARCH_LIMIT} px in training")
+    return smallest
+
+
+def check_aux_heads(cfg: DictConfig, model: nn.Module, num_classes: int) -> None:
+    """At start, for a model with auxiliary heads: the network as built accepts the training resolution in training
+    mode (heads included; the catalogue's minimum is the default build's), and `loss.aux_weights` weights its heads.
+    Probed on a meta-device twin (models/probe.py): the first step would otherwise fail with a shape error."""
+    if not getattr(model, "aux_logits", False):
+        return  # no heads: the catalogue's min_resolution (checked in build_model) is the network's
+    name, resolution = cfg.model.name, training_resolution(cfg)
+    twin = meta_twin(name, num_classes, **model_kwargs(cfg))
+    outputs = training_outputs(twin, resolution)
+    if isinstance(outputs, str):
+        raise ConfigError(
+            f"model '{name}' with its auxiliary heads (they run in training) needs a resolution of at least "
+            f"{smallest_training_resolution(cfg, num_classes, twin)} px; training resolution {resolution} "
+            f"({outputs}); raise data.resolution, or build it without them: +model.kwargs.aux_logits=false"
+        )
+    weights = list(cfg.loss.aux_weights)
+    if outputs and len(weights) not in (1, outputs):
+        raise ConfigError(
+            f"model '{name}' returns {outputs} auxiliary output(s) in training but loss.aux_weights has "
+            f"{len(weights)} entries {weights}: weight them (loss.aux_weights=[0.3], one value for every head"
+            + (f", or {outputs} values" if outputs > 1 else "")
+            + "), or build it without them: +model.kwargs.aux_logits=false"
+        )
 
 
 def _batch_stochastic_depth(model: nn.Module, name: str, drop_path_rate: float | None) -> None:
@@ -128,10 +182,7 @@ def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> C
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    with warnings.catch_warnings():
-        # Lightning's hint to prepend `srun` fires wherever SLURM's client is installed, also for a local DDP run on
-        # a workstation; SLURM jobs go through slurm/train.sbatch, which does use srun.
-        warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+    with quiet_known_noise():  # e.g. Lightning's `srun` hint and litlogger tip (engine/compat.py)
         return _build_trainer(cfg, **overrides)
 
 
@@ -159,9 +210,10 @@ def check_recipe(cfg: DictConfig, model: nn.Module) -> None:
     name = cfg.model.name
     family = None if name.startswith(TIMM_PREFIX) else get_entry(name).family
     families = list(info.get("families") or [])
-    if families and family not in families:
-        rank_zero_warn(
-            f"recipe '{info.name}' was written for the {', '.join(families)} family; model '{name}' is "
+    if families and family not in families and rank_zero_only.rank == 0:
+        # a line in the run's log, not a Python warning with its source line
+        log.warning(
+            f"note: recipe '{info.name}' was written for the {', '.join(families)} family; model '{name}' is "
             f"{family or 'a timm model'}: its values are used as they are"
         )
     if cfg.loss.aux_weights and not getattr(model, "aux_logits", False):

@@ -14,9 +14,11 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import register_configs
+from trainer.engine.distributed import process_rank
+from trainer.engine.run_dir import complete_message
 from trainer.errors import ConfigError, UserError, close_matches
 from trainer.models import TIMM_PREFIX, list_models
 
@@ -38,15 +40,25 @@ def user_errors() -> Iterator[None]:
         fail(e)
 
 
-def prepare(config_dir: str | Path, config_name: str, argv: Sequence[str] | None = None) -> None:
-    """Register the model options and check the command line's overrides; a bad one exits with one line."""
+def prepare(
+    config_dir: str | Path, config_name: str, argv: Sequence[str] | None = None, check_run_dir: bool = False
+) -> None:
+    """Register the model options and check the command line's overrides; a bad one exits with one line.
+    `check_run_dir` (train.py): a run_dir holding another run is refused now, before Hydra writes `.hydra/` there."""
     args = list(sys.argv[1:] if argv is None else argv)
     known = get_args_parser().parse_known_args(args)[0]
     register_configs(known.overrides or [])
     if known.help or known.hydra_help or known.info or known.shell_completion:
         return
     with user_errors():
-        check_overrides(Path(config_dir), config_name, known.overrides or [])
+        cfg = check_overrides(Path(config_dir), config_name, known.overrides or [])
+        if check_run_dir and not known.multirun and process_rank() == 0:  # sweep jobs: train() checks each
+            from trainer.train import check_run_dir as settle_run_dir  # Lightning is imported only for training
+
+            finished = settle_run_dir(cfg, Path(cfg.run_dir))[1]
+            if finished:  # resume=auto on a finished run: say so and leave its directory untouched (.hydra/ too)
+                print(complete_message(Path(cfg.run_dir), finished, cfg.trainer.get("max_epochs")), flush=True)
+                sys.exit(0)
 
 
 def _group_options(group: str) -> list[str]:
@@ -91,8 +103,9 @@ def _unknown_key(error: ConfigCompositionException, config_name: str, overrides:
     )
 
 
-def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) -> None:
-    """Compose the config once, as Hydra will, and report the first bad override in one line."""
+def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose the config once, as Hydra will, and report the first bad override in one line; returns the config
+    composed from the overrides that are not sweeps."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
@@ -102,10 +115,11 @@ def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) ->
     sweeps = [(o.key_or_group, v) for o in parsed if o.is_sweep_override() for v in o.sweep_string_iterator()]
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
         try:
-            compose(config_name, overrides=plain)
+            cfg = compose(config_name, overrides=plain)
             for key, value in sweeps:
                 compose(config_name, overrides=[*plain, f"{key}={value}"])
         except MissingConfigException as e:
             raise _missing_option(e) from None
         except ConfigCompositionException as e:
             raise _unknown_key(e, config_name, plain) from None
+    return cfg

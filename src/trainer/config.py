@@ -8,11 +8,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import timm
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from trainer.models import TIMM_PREFIX, list_models
 
@@ -35,6 +36,8 @@ class ModelConfig:
 def register_configs(overrides: Iterable[str] = ()) -> None:
     """Store `model/<name>` for each catalogue entry, and `model/timm/<name>` for each timm model named in
     `overrides` (all ~1,400 timm names would cost most of a second at every start). Idempotent."""
+    # evaluate.py's run directory (its log) is the checkpoint's run directory, where its results go too
+    OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(Path(ckpt).resolve().parent.parent), replace=True)
     cs = ConfigStore.instance()
     for name in list_models():
         cs.store(group="model", name=name, node=ModelConfig(name=name))

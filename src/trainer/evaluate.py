@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from trainer.builders import build_datamodule, build_model
 from trainer.data import FFCVDataModule
 from trainer.data.beton import sha256_of
+from trainer.engine.loggers import announce
 from trainer.errors import CheckpointError, ConfigError
 from trainer.eval import Protocol, fully_convolutional, predict
 from trainer.eval.protocols import collate_views, loss_of
@@ -77,6 +78,16 @@ def _weights_to_evaluate(cfg: DictConfig, ckpt: Path, has_ema: bool) -> list[str
     return [requested]
 
 
+def trained_with_flips(train_cfg: DictConfig) -> bool:
+    """Whether training mirrored images (augment.hflip, else the data set's data.hflip): the multi-view protocols
+    add mirrored views only then (the digits sample set never flips: a mirrored digit is not that digit)."""
+    augment = train_cfg.get("augment") or {}
+    hflip = augment.get("hflip")
+    if hflip is None:
+        hflip = (train_cfg.get("data") or {}).get("hflip")
+    return hflip is None or float(hflip) > 0  # unknown: the papers' protocols, with mirrors
+
+
 def _protocol(cfg: DictConfig, train_cfg: DictConfig) -> Protocol:
     """The protocol asked for, at the (possibly overridden) model resolution, checked against the model's minimum."""
     scales = cfg.eval.get("scales")
@@ -88,6 +99,7 @@ def _protocol(cfg: DictConfig, train_cfg: DictConfig) -> Protocol:
         mean=tuple(train_cfg.data.mean),
         std=tuple(train_cfg.data.std),
         scales=tuple(int(s) for s in scales) if scales else (),
+        flips=trained_with_flips(train_cfg),
     )
     name = train_cfg.model.name
     smallest = None if name.startswith(TIMM_PREFIX) else get_entry(name).min_resolution
@@ -150,7 +162,7 @@ def run_protocol(
             images, targets = _to(batch[0], device, memory_format), batch[1].to(device)
             images_seen += len(targets)
             for index, (name, model) in enumerate(models.items()):
-                scores, is_prob = predict(protocol.name, model, images, views_per_forward)
+                scores, is_prob = predict(protocol.name, model, images, views_per_forward, protocol.flips)
                 losses[name] += float(loss_of(scores, is_prob, targets))
                 for metric in metrics[name].values():
                     metric.update(scores, targets)
@@ -334,9 +346,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
     write_json(out, results)
     if protocol.name == "center" and not cfg.eval.out:  # the name evaluate.py wrote before protocols existed
         write_json(run_dir / f"eval_{cfg.eval.split}.json", results)
-    print(
+    announce(
         f"{ckpt}: {cfg.eval.split} {protocol.name} ({protocol.views_per_image} views) top-1 {results['top1']:.2f}%  "
-        f"top-5 {results['top5']:.2f}%\nresults: {out}",
-        flush=True,
+        f"top-5 {results['top5']:.2f}%\nresults: {out}"
     )
     return results

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from trainer.engine.checkpoint_io import _umask
 from trainer.errors import CheckpointError, ConfigError, UserError
 from trainer.models import TIMM_PREFIX, create_model, get_entry
 from trainer.models.complexity import measure
@@ -301,6 +302,15 @@ def _card(
     return "\n".join(lines)
 
 
+def _shareable(folder: Path) -> None:
+    """The user's usual permissions (umask) on `folder` and its files: mkdtemp makes the folder owner-only (0700)
+    and safetensors writes 0600, which hides an export from the group on a shared cluster file system."""
+    mask = _umask()
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def export(
     ckpt: str | Path,
     out: str | Path,
@@ -355,6 +365,7 @@ def export(
             own=own,
         )
         (tmp / "README.md").write_text(card)
+        _shareable(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.replace(out)
@@ -390,7 +401,7 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def hf_token() -> str | None:
-    """The Hugging Face token from HF_TOKEN or `huggingface-cli login`'s stored token; only ever kept in memory."""
+    """The Hugging Face token from HF_TOKEN or `hf auth login`'s stored token; only ever kept in memory."""
     from huggingface_hub import get_token
 
     return get_token()
@@ -413,7 +424,7 @@ def publish(
     check_repo_id(repo_id)
     token = None if dry_run else hf_token()
     if not dry_run and not token:
-        raise HubError("no Hugging Face token: set HF_TOKEN or run `huggingface-cli login`; nothing was uploaded")
+        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`; nothing was uploaded")
     keep = out is not None
     folder = Path(out) if keep else Path(tempfile.mkdtemp(prefix="trainer-publish-")) / repo_id.split("/")[1]
     try:
@@ -424,7 +435,7 @@ def publish(
             echo(f"  {name}  {size} bytes")
         echo(f"  total  {sum(result.files.values())} bytes")
         if dry_run:
-            found = "found" if hf_token() else "none: set HF_TOKEN or run `huggingface-cli login` before publishing"
+            found = "found" if hf_token() else "none: set HF_TOKEN or run `hf auth login` before publishing"
             echo(f"token: {found}; nothing was uploaded (dry run)")
             return result
         from huggingface_hub import HfApi

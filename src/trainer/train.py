@@ -17,12 +17,16 @@ from trainer.builders import (
     build_model,
     build_module,
     build_trainer,
+    check_aux_heads,
     check_recipe,
     effective_lr,
 )
 from trainer.engine import EpochThroughput
-from trainer.engine.distributed import check_devices
+from trainer.engine.compat import quiet_known_noise
+from trainer.engine.distributed import check_devices, process_rank
+from trainer.engine.loggers import announce
 from trainer.engine.resume import newest_readable, prune_hpc
+from trainer.engine.run_dir import check_reuse, complete_message, finished_run
 from trainer.errors import CheckpointError, ConfigError
 
 RESUME_MODES = ("never", "auto")
@@ -50,6 +54,30 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """The checkpoint to resume from, and what a finished run reached when `resume=auto` has nothing left to train
+    (engine/run_dir.py); a run_dir that holds another run, without resume, is refused in one line."""
+    ckpt_path = resume_path(cfg, run_dir)
+    if process_rank() == 0:  # other ranks (DDP children, srun tasks) start after rank 0 has written config.yaml
+        check_reuse(run_dir, cfg.resume, cfg.ckpt_path)
+    finished = finished_run(cfg, ckpt_path) if ckpt_path and cfg.resume == "auto" else None
+    return ckpt_path, finished
+
+
+def data_source(cfg: DictConfig) -> str:
+    """What the run reads: the .beton files for the FFCV loader, else the image folder."""
+    if cfg.data.get("train_beton"):
+        return f"{cfg.data.train_beton} + {cfg.data.val_beton}"
+    return str(cfg.data.root)
+
+
+def best_top1(checkpoint: Any) -> float | None:
+    """The best val top-1 (%) the checkpoint callback saw; None before any validation (0.0 is a score)."""
+    if checkpoint is None or checkpoint.best_model_score is None:
+        return None
+    return 100 * float(checkpoint.best_model_score)
+
+
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -61,7 +89,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = output_dir(cfg)
     cfg.run_dir = str(run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = resume_path(cfg, run_dir)
+    ckpt_path, finished = check_run_dir(cfg, run_dir)  # before anything is written into run_dir
+    if finished:  # nothing left to train: report the run as it is, write nothing
+        rank_zero_info(complete_message(run_dir, finished, cfg.trainer.get("max_epochs")))
+        return finished["results"] or {"epochs": finished["epochs"], "global_step": finished["global_step"]}
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
@@ -73,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"recipe '{cfg.recipe_info.name}': {e}") from None
         raise
     check_recipe(cfg, model)
+    check_aux_heads(cfg, model, len(classes))
     module = build_module(cfg, model, classes)
     check_devices(cfg)
     trainer = build_trainer(cfg)
@@ -81,7 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     params = sum(p.numel() for p in model.parameters())
     rank_zero_info(
-        f"model {cfg.model.name}: {params / 1e6:.2f} M parameters, {len(classes)} classes; data {cfg.data.root} "
+        f"model {cfg.model.name}: {params / 1e6:.2f} M parameters, {len(classes)} classes; data {data_source(cfg)} "
         f"at {cfg.data.resolution}px (crop ratio {cfg.data.crop_ratio}); global batch {cfg.data.batch_size} "
         f"({per_device} per device x {trainer.num_devices} device(s) x {trainer.num_nodes} node(s)); "
         f"lr {effective_lr(cfg):.6g} (optim.lr {cfg.optim.lr} for batch {cfg.optim.get('ref_batch_size')}, "
@@ -94,7 +126,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             prune_hpc(run_dir / "checkpoints", ckpt_path)  # keep the two newest requeue checkpoints
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with quiet_known_noise(resuming=bool(ckpt_path)):  # messages the user cannot act on (engine/compat.py)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     wall_time = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -110,7 +143,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if "val_ema/top1" in metrics
             else {}
         ),
-        "best_top1": 100 * float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score else None,
+        "best_top1": best_top1(checkpoint),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "params": params,
@@ -125,9 +158,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in trainer.loggers:
             if hasattr(logger, "log_results"):
                 logger.log_results(results)  # wandb: the results into the run summary, then close the run
-        print(
+        announce(
             f"val top-1 {results['top1']:.2f}%  top-5 {results['top5']:.2f}%  after {results['epochs']} epochs "
-            f"({wall_time:.0f} s)\nrun directory: {run_dir}",
-            flush=True,
+            f"({wall_time:.0f} s)\nrun directory: {run_dir}"
         )
     return results

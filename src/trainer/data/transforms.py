@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torchvision.transforms as T
+from PIL import Image, ImageOps
 from timm.data import auto_augment_transform, rand_augment_transform
 from timm.data.transforms import str_to_interp_mode
 
@@ -119,14 +120,45 @@ def _scaled(size: float, resolution: int) -> int:
     return max(round(size * resolution / PAPER_RESOLUTION), resolution)
 
 
+# Policies the project's configs and recipes name (conf/augment/, recipes/); each is tested on both loaders.
+POLICIES = ("original", "v0", "rand-m9-mstd0.5")
+
+
+def posterize(image: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """Keep the `bits_to_keep` most significant bits of each channel; 0 bits gives a black image.
+
+    Why not timm's: its `posterize` hands the bit count straight to PIL's ImageOps.posterize, and TensorFlow's level
+    arithmetic, which timm copies ("keep 0 up to 4 MSB"), maps levels below 2.5 to 0 bits: the v0 policy's
+    ('Posterize', 0.8, 2) always does, and RandAugment's increasing variant at high magnitudes. Pillow 13 rejects
+    0 ("bits must be between or equal to 1 and 8"); older Pillow built a mask of 0, a black image, which is what
+    TensorFlow's bit shift gives too, and what the batched path (torchvision's posterize) gives. That reading is kept.
+    """
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)  # every bit cleared
+    return ImageOps.posterize(image, bits_to_keep)
+
+
+def _ops(transform: Any) -> list[Any]:
+    """The AugmentOps of a timm AutoAugment (a list of sub-policies) or RandAugment (a list of ops)."""
+    if hasattr(transform, "policy"):
+        return [op for sub_policy in transform.policy for op in sub_policy]
+    return list(getattr(transform, "ops", []))
+
+
 def _policy(name: str, resolution: int, mean: Sequence[float]) -> Callable:
     hparams = {"translate_const": int(resolution * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}
     try:
-        if name.startswith("rand"):
-            return rand_augment_transform(name, hparams)
-        return auto_augment_transform(name, hparams)
+        transform = (
+            rand_augment_transform(name, hparams) if name.startswith("rand") else auto_augment_transform(name, hparams)
+        )
     except (AssertionError, KeyError, ValueError) as e:
         raise ConfigError(f"augment.auto_augment='{name}' is not a timm policy ({e})") from None
+    for op in _ops(transform):
+        if op.name.startswith("Posterize"):  # Posterize, PosterizeIncreasing, PosterizeOriginal: see posterize()
+            op.aug_fn = posterize
+    return transform
 
 
 def build_train_transform(

@@ -1,6 +1,12 @@
 """Training machinery: the LightningModule, optimizers, schedules, callbacks and checkpoint I/O."""
 
-from trainer.engine.callbacks import BadImageReport, EpochThroughput, ProgressiveResizing, ScheduledDropPath
+from trainer.engine.callbacks import (
+    BadImageReport,
+    EpochLength,
+    EpochThroughput,
+    ProgressiveResizing,
+    ScheduledDropPath,
+)
 from trainer.engine.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from trainer.engine.module import ClassificationModule, split_outputs
 from trainer.engine.optim import create_optimizer, param_groups, scale_lr
@@ -10,6 +16,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "BadImageReport",
     "ClassificationModule",
+    "EpochLength",
     "EpochThroughput",
     "ProgressiveResizing",
     "ScheduledDropPath",

@@ -3,10 +3,13 @@ images skipped as undecodable, a drop-path rate that rises during training, and 
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Any
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 
 from trainer.errors import ConfigError
@@ -159,3 +162,44 @@ class ProgressiveResizing(L.Callback):
         # the size the data module set when it made this epoch's iterator
         resolution = float(trainer.datamodule.train_resolution)
         pl_module.log("train/resolution", resolution, on_step=False, on_epoch=True, rank_zero_only=True)
+
+
+class EpochLength(L.Callback):
+    """Once the training set is known: a global batch larger than the training set is named in a warning (every
+    epoch is then one partial batch, or none with drop_last), and `log_every_n_steps` above the epoch's length is
+    lowered to it, instead of Lightning's warning on every small data set (the bundled sample set) that step losses
+    would go unlogged for the epoch."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        images = len(getattr(datamodule, "train_set", None) or []) if stage == "fit" else 0
+        batch = getattr(datamodule, "batch_size", None)
+        if not images or not batch:
+            return
+        if batch > images:
+            rank_zero_warn(
+                f"data.batch_size={batch} is larger than the training set ({images} images): each epoch is one "
+                f"step of {images} images; lower data.batch_size",
+            )
+        steps = max(1, math.ceil(images / batch))
+        limit = trainer.limit_train_batches
+        steps = min(steps, int(limit)) if isinstance(limit, int) else max(1, int(steps * float(limit)))
+        if steps < trainer.log_every_n_steps:
+            trainer.log_every_n_steps = steps
+
+
+class PercentProgressBar(RichProgressBar):
+    """Lightning's rich progress bar with top-1/top-5 shown in percent, as the summary line and results.json give
+    them (the logged metrics, metrics.csv, stay fractions)."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return {key: percent(key, value) for key, value in super().get_metrics(trainer, pl_module).items()}
+
+
+def percent(key: str, value: Any) -> Any:
+    """`value` as '12.34%' where `key` is an accuracy (top1 / top5), else as it is."""
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+        value = value.item()
+    if key.rsplit("/", 1)[-1].startswith(("top1", "top5")) and isinstance(value, (int, float)):
+        return f"{100 * value:.2f}%"
+    return value

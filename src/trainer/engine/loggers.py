@@ -8,6 +8,7 @@ past the step the run resumes from (a killed run may have logged steps its last 
 from __future__ import annotations
 
 import csv
+import logging
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -44,3 +45,10 @@ class ResumableCSVLogger(CSVLogger):
         if self._experiment is None and not self._fs.isfile(f"{self.log_dir}/metrics.csv"):
             return
         self.experiment.truncate_after(step)
+
+
+def announce(message: str) -> None:
+    """A run's summary line: printed to stdout, and into the run's log file (<run_dir>/train.log or the run's
+    evaluate.log, conf/hydra/job_logging/run_log.yaml) when Hydra set one up."""
+    print(message, flush=True)
+    logging.getLogger("trainer.summary").info(message)

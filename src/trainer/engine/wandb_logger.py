@@ -71,6 +71,11 @@ class RunLogger(WandbLogger):
             **kwargs,
         )
         self._best_callback: ModelCheckpoint | None = None
+        # Lightning always passes anonymous=None, which wandb 0.31 answers with "The anonymous setting has no
+        # effect" on every run; and wandb's end-of-run history and summary (about 30 lines) repeat results.json
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+        self._wandb_init.setdefault("settings", {"quiet": True})
 
     @property
     def experiment(self) -> Any:

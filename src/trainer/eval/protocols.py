@@ -46,6 +46,7 @@ class Protocol:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     scales: tuple[int, ...] = ()
+    flips: bool = True  # mirrored views too; false where training never flipped (data/augment hflip of 0)
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
@@ -63,11 +64,12 @@ class Protocol:
 
     @property
     def views_per_image(self) -> int:
+        mirrors = 2 if self.flips else 1
         return {
             "center": 1,
-            "ten_crop": 10,
-            "multi_scale": 2 * len(self.scales),
-            "googlenet_144": 36 * len(self.scales),
+            "ten_crop": 5 * mirrors,
+            "multi_scale": mirrors * len(self.scales),
+            "googlenet_144": 18 * mirrors * len(self.scales),
         }[self.name]
 
     @property
@@ -87,10 +89,12 @@ class Protocol:
         to_tensor = self._to_tensor()
         if self.name == "ten_crop":
             resize = self._resize(math.floor(self.resolution / self.crop_ratio))
-            return lambda image: ten_crop(to_tensor(resize(image)), self.resolution)
+            return lambda image: ten_crop(to_tensor(resize(image)), self.resolution, self.flips)
         resizes = [self._resize(s) for s in self.pixel_scales]
         if self.name == "googlenet_144":
-            return lambda image: torch.cat([googlenet_crops(to_tensor(r(image)), self.resolution) for r in resizes])
+            return lambda image: torch.cat(
+                [googlenet_crops(to_tensor(r(image)), self.resolution, self.flips) for r in resizes]
+            )
         if self.name == "multi_scale":
             return lambda image: [to_tensor(r(image)) for r in resizes]
         raise ValueError(f"protocol '{self.name}' uses the data module's validation transform")
@@ -121,9 +125,12 @@ def score_views(model: nn.Module, views: torch.Tensor, chunk: int | None = None)
     return logits.softmax(-1).reshape(batch, num_views, -1).mean(1)
 
 
-def score_scales(model: nn.Module, scales: Sequence[Sequence[torch.Tensor]], chunk: int | None = None) -> torch.Tensor:
-    """Per scale a list of B whole images (C, H_i, W_i) -> (B, classes): softmax of each image and its mirror at
-    every scale, averaged. Images of one shape go through the network together."""
+def score_scales(
+    model: nn.Module, scales: Sequence[Sequence[torch.Tensor]], chunk: int | None = None, flips: bool = True
+) -> torch.Tensor:
+    """Per scale a list of B whole images (C, H_i, W_i) -> (B, classes): softmax of each image and its mirror (with
+    `flips`) at every scale, averaged. Images of one shape go through the network together."""
+    mirrors = 2 if flips else 1
     total: torch.Tensor | None = None
     for images in scales:
         shapes: dict[tuple[int, ...], list[int]] = {}
@@ -131,21 +138,24 @@ def score_scales(model: nn.Module, scales: Sequence[Sequence[torch.Tensor]], chu
             shapes.setdefault(tuple(image.shape), []).append(index)
         for indices in shapes.values():
             x = torch.stack([images[i] for i in indices])
-            probs = _forward_in_chunks(model, torch.cat([x, x.flip(-1)]), chunk).float().softmax(-1)
-            probs = probs.reshape(2, len(indices), -1).sum(0)
+            x = torch.cat([x, x.flip(-1)]) if flips else x
+            probs = _forward_in_chunks(model, x, chunk).float().softmax(-1)
+            probs = probs.reshape(mirrors, len(indices), -1).sum(0)
             if total is None:
                 total = probs.new_zeros(len(images), probs.shape[-1])
             total[indices] += probs
     assert total is not None
-    return total / (2 * len(scales))
+    return total / (mirrors * len(scales))
 
 
-def predict(protocol: str, model: nn.Module, images: Any, chunk: int | None = None) -> tuple[torch.Tensor, bool]:
+def predict(
+    protocol: str, model: nn.Module, images: Any, chunk: int | None = None, flips: bool = True
+) -> tuple[torch.Tensor, bool]:
     """Scores of a batch under `protocol`: (logits, False) for one centre crop, (probabilities, True) otherwise."""
     if protocol == "center":
         return model(images).float(), False
     if protocol == "multi_scale":
-        return score_scales(model, images, chunk), True
+        return score_scales(model, images, chunk, flips), True
     return score_views(model, images, chunk), True
 
 

@@ -24,15 +24,16 @@ def corner_and_center_crops(image: torch.Tensor, size: int) -> list[torch.Tensor
     ]
 
 
-def with_flips(views: list[torch.Tensor]) -> torch.Tensor:
-    """The views followed by their horizontal mirror images, stacked: (2V, C, H, W)."""
+def with_flips(views: list[torch.Tensor], flips: bool = True) -> torch.Tensor:
+    """The views followed by their horizontal mirror images, stacked: (2V, C, H, W); (V, C, H, W) without `flips`
+    (data that never flips in training, where a mirrored view is an image the network never saw)."""
     stacked = torch.stack(views)
-    return torch.cat([stacked, stacked.flip(-1)])
+    return torch.cat([stacked, stacked.flip(-1)]) if flips else stacked
 
 
-def ten_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+def ten_crop(image: torch.Tensor, size: int, flips: bool = True) -> torch.Tensor:
     """AlexNet's (Sec. 4.1) and ResNet's 10 views: the four corners and the centre, and their mirror images."""
-    return with_flips(corner_and_center_crops(image, size))
+    return with_flips(corner_and_center_crops(image, size), flips)
 
 
 def three_squares(image: torch.Tensor) -> list[torch.Tensor]:
@@ -46,11 +47,11 @@ def three_squares(image: torch.Tensor) -> list[torch.Tensor]:
     return [image[..., s : s + side, :] for s in starts]
 
 
-def googlenet_crops(image: torch.Tensor, size: int) -> torch.Tensor:
+def googlenet_crops(image: torch.Tensor, size: int, flips: bool = True) -> torch.Tensor:
     """GoogLeNet's (Szegedy et al. 2015, Sec. 7) 18 crops of one scale with their mirrors, 36 views: of each of the
     three squares, the four corner and the centre `size` crops and the square resized to `size`."""
     views: list[torch.Tensor] = []
     for square in three_squares(image):
         views += corner_and_center_crops(square, size)
         views.append(torch.nn.functional.interpolate(square[None], size=(size, size), mode="bilinear")[0])
-    return with_flips(views)
+    return with_flips(views, flips)
