@@ -144,8 +144,19 @@ def _create_alexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> Al
     )
 
 
+PAPER = Paper("ImageNet Classification with Deep Convolutional Neural Networks", "Krizhevsky, Sutskever, Hinton", 2012)
+
+
 default_cfgs = generate_default_cfgs(
-    {"alexnet": pretrained_cfg(pool_size=(6, 6), first_conv="stem.conv", classifier="fc", paper_ids="NeurIPS 2012")}
+    {
+        "alexnet": pretrained_cfg(
+            pool_size=(6, 6),
+            first_conv="stem.conv",
+            classifier="fc",
+            paper_ids="NeurIPS 2012",
+            paper_name=PAPER.title,
+        )
+    }
 )
 
 
@@ -154,8 +165,6 @@ def alexnet(pretrained: bool = False, **kwargs: Any) -> AlexNet:
     """AlexNet (Krizhevsky et al. 2012), the paper's two-tower network; `groups=1` for one tower."""
     return _create_alexnet("alexnet", pretrained, **kwargs)
 
-
-PAPER = Paper("ImageNet Classification with Deep Convolutional Neural Networks", "Krizhevsky, Sutskever, Hinton", 2012)
 
 register(
     ModelEntry(

@@ -215,8 +215,23 @@ def _create_bn_inception(variant: str, pretrained: bool = False, **kwargs: Any) 
     )
 
 
+PAPER = Paper(
+    "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate Shift",
+    "Ioffe, Szegedy",
+    2015,
+    "1502.03167",
+)
+
+
 default_cfgs = generate_default_cfgs(
-    {"bn_inception": pretrained_cfg(first_conv="conv1.conv", classifier="fc", paper_ids="arXiv:1502.03167")}
+    {
+        "bn_inception": pretrained_cfg(
+            first_conv="conv1.conv",
+            classifier="fc",
+            paper_ids="arXiv:1502.03167",
+            paper_name=PAPER.title,
+        )
+    }
 )
 
 
@@ -225,13 +240,6 @@ def bn_inception(pretrained: bool = False, **kwargs: Any) -> BNInception:
     """BN-Inception (Ioffe & Szegedy 2015), the Appendix's network with its separable first convolution."""
     return _create_bn_inception("bn_inception", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate Shift",
-    "Ioffe, Szegedy",
-    2015,
-    "1502.03167",
-)
 
 register(
     ModelEntry(

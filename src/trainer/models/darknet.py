@@ -131,6 +131,10 @@ def _create_darknet19(variant: str, pretrained: bool = False, **kwargs: Any) -> 
     )
 
 
+PAPER_YOLOV2 = Paper("YOLO9000: Better, Faster, Stronger", "Redmon, Farhadi", 2017, "1612.08242")
+PAPER = Paper("YOLOv3: An Incremental Improvement", "Redmon, Farhadi", 2018, "1804.02767")
+
+
 default_cfgs = generate_default_cfgs(
     {
         "darknet19": pretrained_cfg(
@@ -140,6 +144,7 @@ default_cfgs = generate_default_cfgs(
             first_conv="stem.conv",
             classifier="fc",
             paper_ids="arXiv:1612.08242",
+            paper_name=PAPER_YOLOV2.title,
         )
     }
 )
@@ -150,9 +155,6 @@ def darknet19(pretrained: bool = False, **kwargs: Any) -> Darknet19:
     """Darknet-19 (YOLO9000, Table 6)."""
     return _create_darknet19("darknet19", pretrained, **kwargs)
 
-
-PAPER_YOLOV2 = Paper("YOLO9000: Better, Faster, Stronger", "Redmon, Farhadi", 2017, "1612.08242")
-PAPER = Paper("YOLOv3: An Incremental Improvement", "Redmon, Farhadi", 2018, "1804.02767")
 
 register(
     ModelEntry(

@@ -41,6 +41,9 @@ DROPOUT = (0.2, 0.2, 0.3, 0.3, 0.4, 0.4, 0.5, 0.5)  # head dropout of B0..B7
 DROP_CONNECT = 0.2  # Sec. 5.2: stochastic depth, survival probability 0.8, for every model
 
 
+PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", "Tan, Le", 2019, "1905.11946")
+
+
 def _cfg(resolution: int) -> dict[str, Any]:
     return {
         "url": "",
@@ -54,6 +57,7 @@ def _cfg(resolution: int) -> dict[str, Any]:
         "first_conv": "conv_stem",
         "classifier": "classifier",
         "paper_ids": "arXiv:1905.11946",
+        "paper_name": PAPER.title,
     }
 
 
@@ -138,8 +142,6 @@ def compound_data_defaults(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     padding = 32 * given.get("base_resolution", BASE_RESOLUTION) / BASE_RESOLUTION
     return {"resolution": resolution, "crop_ratio": resolution / (resolution + padding)}
 
-
-PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", "Tan, Le", 2019, "1905.11946")
 
 # B<i>: params at 1000 classes, resolution, paper top-1 / top-5 (Table 2)
 for _i, (_params, _resolution, _top1, _top5) in enumerate(

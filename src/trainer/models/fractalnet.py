@@ -331,9 +331,19 @@ def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) ->
     )
 
 
+PAPER = Paper(
+    "FractalNet: Ultra-Deep Neural Networks without Residuals", "Larsson, Maire, Shakhnarovich", 2017, "1605.07648"
+)
+
+
 default_cfgs = generate_default_cfgs(
     {
-        "fractalnet34": pretrained_cfg(first_conv="stem.conv", classifier="fc", paper_ids="arXiv:1605.07648"),
+        "fractalnet34": pretrained_cfg(
+            first_conv="stem.conv",
+            classifier="fc",
+            paper_ids="arXiv:1605.07648",
+            paper_name=PAPER.title,
+        ),
         **{
             name: pretrained_cfg(
                 input_size=(3, 32, 32),
@@ -344,6 +354,7 @@ default_cfgs = generate_default_cfgs(
                 first_conv="stages.0.block.columns.0.0.conv",
                 classifier="fc",
                 paper_ids="arXiv:1605.07648",
+                paper_name=PAPER.title,
             )
             for name in ("fractalnet20_cifar", "fractalnet40_cifar")
         },
@@ -368,10 +379,6 @@ def fractalnet40_cifar(pretrained: bool = False, **kwargs: Any) -> FractalNet:
     """FractalNet for CIFAR, 40 layers (Larsson et al. 2017, Sec. 4): 5 blocks of 4 columns."""
     return _create_fractalnet("fractalnet40_cifar", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "FractalNet: Ultra-Deep Neural Networks without Residuals", "Larsson, Maire, Shakhnarovich", 2017, "1605.07648"
-)
 
 register(
     ModelEntry(

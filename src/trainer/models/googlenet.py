@@ -315,8 +315,24 @@ def _create_googlenet(variant: str, pretrained: bool = False, **kwargs: Any) -> 
     )
 
 
+PAPER = Paper(
+    "Going Deeper with Convolutions",
+    "Szegedy, Liu, Jia, Sermanet, Reed, Anguelov, Erhan, Vanhoucke, Rabinovich",
+    2015,
+    "1409.4842",
+)
+
+
 default_cfgs = generate_default_cfgs(
-    {name: pretrained_cfg(first_conv="conv1.conv", classifier="fc", paper_ids="arXiv:1409.4842") for name in _VARIANTS}
+    {
+        name: pretrained_cfg(
+            first_conv="conv1.conv",
+            classifier="fc",
+            paper_ids="arXiv:1409.4842",
+            paper_name=PAPER.title,
+        )
+        for name in _VARIANTS
+    }
 )
 
 
@@ -331,13 +347,6 @@ def googlenet_bn(pretrained: bool = False, **kwargs: Any) -> GoogLeNet:
     """torchvision's batch-normalised GoogLeNet (3x3 in the "5x5" branch), no aux heads by default."""
     return _create_googlenet("googlenet_bn", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "Going Deeper with Convolutions",
-    "Szegedy, Liu, Jia, Sermanet, Reed, Anguelov, Erhan, Vanhoucke, Rabinovich",
-    2015,
-    "1409.4842",
-)
 
 register(
     ModelEntry(

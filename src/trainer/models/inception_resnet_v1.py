@@ -219,6 +219,14 @@ def _create_inception_resnet_v1(variant: str, pretrained: bool = False, **kwargs
     return build_model_with_cfg(InceptionResNetV1, variant, pretrained, **kwargs)
 
 
+PAPER = Paper(
+    "Inception-v4, Inception-ResNet and the Impact of Residual Connections on Learning",
+    "Szegedy, Ioffe, Vanhoucke, Alemi",
+    2017,
+    "1602.07261",
+)
+
+
 default_cfgs = generate_default_cfgs(
     {
         "inception_resnet_v1": pretrained_cfg(
@@ -229,6 +237,7 @@ default_cfgs = generate_default_cfgs(
             first_conv="conv2d_1a.conv",
             classifier="classif",
             paper_ids="arXiv:1602.07261",
+            paper_name=PAPER.title,
         )
     }
 )
@@ -239,13 +248,6 @@ def inception_resnet_v1(pretrained: bool = False, **kwargs: Any) -> InceptionRes
     """Inception-ResNet-v1 (Szegedy et al. 2017), Fig. 15 with the v1 stem and blocks (Figs. 10-14)."""
     return _create_inception_resnet_v1("inception_resnet_v1", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "Inception-v4, Inception-ResNet and the Impact of Residual Connections on Learning",
-    "Szegedy, Ioffe, Vanhoucke, Alemi",
-    2017,
-    "1602.07261",
-)
 
 register(
     ModelEntry(

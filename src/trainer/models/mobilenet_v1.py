@@ -26,6 +26,13 @@ from timm.models.efficientnet import EfficientNet, _gen_mobilenet_v1
 
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 
+PAPER = Paper(
+    "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications",
+    "Howard, Zhu, Chen, Kalenichenko, Wang, Weyand, Andreetto, Adam",
+    2017,
+    "1704.04861",
+)
+
 
 def _cfg() -> dict[str, Any]:
     # timm's mobilenetv1_100 normalises with the Inception mean/std; the other widths follow it
@@ -35,6 +42,7 @@ def _cfg() -> dict[str, Any]:
         first_conv="conv_stem",
         classifier="classifier",
         paper_ids="arXiv:1704.04861",
+        paper_name=PAPER.title,
     )
 
 
@@ -58,13 +66,6 @@ def mobilenetv1_025(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
     """MobileNet v1, width multiplier 0.25."""
     return _gen_mobilenet_v1("mobilenetv1_025", 0.25, pretrained=pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications",
-    "Howard, Zhu, Chen, Kalenichenko, Wang, Weyand, Andreetto, Adam",
-    2017,
-    "1704.04861",
-)
 
 # width tag -> (timm builder, params at 1000 classes)
 WIDTHS = {

@@ -356,6 +356,14 @@ def _create_nasnet(variant: str, pretrained: bool = False, **kwargs: Any) -> NAS
     )
 
 
+PAPER = Paper(
+    "Learning Transferable Architectures for Scalable Image Recognition",
+    "Zoph, Vasudevan, Shlens, Le",
+    2018,
+    "1707.07012",
+)
+
+
 default_cfgs = generate_default_cfgs(
     {
         "nasnet_a_mobile": pretrained_cfg(
@@ -364,6 +372,7 @@ default_cfgs = generate_default_cfgs(
             first_conv="conv0.conv",
             classifier="last_linear",
             paper_ids="arXiv:1707.07012",
+            paper_name=PAPER.title,
         ),
         "nasnet_a_large": pretrained_cfg(
             input_size=(3, 331, 331),
@@ -373,6 +382,7 @@ default_cfgs = generate_default_cfgs(
             first_conv="conv0.conv",
             classifier="last_linear",
             paper_ids="arXiv:1707.07012",
+            paper_name=PAPER.title,
         ),
     }
 )
@@ -394,13 +404,6 @@ def nasnet_a_large(pretrained: bool = False, **kwargs: Any) -> NASNetA:
     )
     return _create_nasnet("nasnet_a_large", pretrained, **dict(model_args, **kwargs))
 
-
-PAPER = Paper(
-    "Learning Transferable Architectures for Scalable Image Recognition",
-    "Zoph, Vasudevan, Shlens, Le",
-    2018,
-    "1707.07012",
-)
 
 register(
     ModelEntry(

@@ -197,8 +197,12 @@ def _create_preact_resnet_cifar(variant: str, pretrained: bool = False, **kwargs
     )
 
 
-def cifar_cfg(paper_ids: str) -> dict[str, Any]:
-    """timm's pretrained_cfg for a CIFAR network: 32 px, no crop, CIFAR-10 statistics, 8x8 maps into the pool."""
+PAPER = Paper("Identity Mappings in Deep Residual Networks", "He, Zhang, Ren, Sun", 2016, "1603.05027")
+
+
+def cifar_cfg(paper_ids: str, paper_name: str = PAPER.title) -> dict[str, Any]:
+    """timm's pretrained_cfg for a CIFAR network: 32 px, no crop, CIFAR-10 statistics, 8x8 maps into the pool;
+    `paper_ids` / `paper_name` name the network's paper."""
     return pretrained_cfg(
         input_size=(3, 32, 32),
         pool_size=(8, 8),
@@ -208,6 +212,7 @@ def cifar_cfg(paper_ids: str) -> dict[str, Any]:
         first_conv="stem",
         classifier="fc",
         paper_ids=paper_ids,
+        paper_name=paper_name,
     )
 
 
@@ -227,8 +232,6 @@ def preact_resnet1001_cifar(pretrained: bool = False, **kwargs: Any) -> PreActRe
     """Pre-activation ResNet-1001 for CIFAR (He et al. 2016b): 111 bottleneck units per stage."""
     return _create_preact_resnet_cifar("preact_resnet1001_cifar", pretrained, **{"depth": 1001, **kwargs})
 
-
-PAPER = Paper("Identity Mappings in Deep Residual Networks", "He, Zhang, Ren, Sun", 2016, "1603.05027")
 
 for _name, _builder, _params in (
     ("preact_resnet50", "resnetv2_50", 25_549_352),

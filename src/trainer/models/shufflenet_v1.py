@@ -233,8 +233,24 @@ VARIANTS = {
     "shufflenet_v1_g3_2_0": (3, 2.0),
 }
 
+PAPER = Paper(
+    "ShuffleNet: An Extremely Efficient Convolutional Neural Network for Mobile Devices",
+    "Zhang, Zhou, Lin, Sun",
+    2018,
+    "1707.01083",
+)
+
+
 default_cfgs = generate_default_cfgs(
-    {name: pretrained_cfg(first_conv="stem.conv", classifier="fc", paper_ids="arXiv:1707.01083") for name in VARIANTS}
+    {
+        name: pretrained_cfg(
+            first_conv="stem.conv",
+            classifier="fc",
+            paper_ids="arXiv:1707.01083",
+            paper_name=PAPER.title,
+        )
+        for name in VARIANTS
+    }
 )
 
 
@@ -296,13 +312,6 @@ def shufflenet_v1_g3_2_0(pretrained: bool = False, **kwargs: Any) -> ShuffleNetV
     """ShuffleNet 2x, g = 3."""
     return _build("shufflenet_v1_g3_2_0", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "ShuffleNet: An Extremely Efficient Convolutional Neural Network for Mobile Devices",
-    "Zhang, Zhou, Lin, Sun",
-    2018,
-    "1707.01083",
-)
 
 # name -> (params at 1000 classes, the paper's top-1 accuracy, its table, the paper's mult-adds in millions).
 # Top-1 = 100 - Table 2's error (1x: 33.6/32.7/32.6/32.8/32.4 for g = 1/2/3/4/8; g = 3: 0.5x 43.2, 0.25x 55.0) or

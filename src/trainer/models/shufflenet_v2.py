@@ -191,8 +191,24 @@ VARIANTS = {
     "shufflenet_v2_x2_0": dict(stage_channels=(244, 488, 976), head_channels=2048, drop_rate=0.2),
 }
 
+PAPER = Paper(
+    "ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design",
+    "Ma, Zhang, Zheng, Sun",
+    2018,
+    "1807.11164",
+)
+
+
 default_cfgs = generate_default_cfgs(
-    {name: pretrained_cfg(first_conv="conv1.0", classifier="fc", paper_ids="arXiv:1807.11164") for name in VARIANTS}
+    {
+        name: pretrained_cfg(
+            first_conv="conv1.0",
+            classifier="fc",
+            paper_ids="arXiv:1807.11164",
+            paper_name=PAPER.title,
+        )
+        for name in VARIANTS
+    }
 )
 
 
@@ -223,13 +239,6 @@ def shufflenet_v2_x2_0(pretrained: bool = False, **kwargs: Any) -> ShuffleNetV2:
     """ShuffleNet V2 2x (Table 5): conv5 of 2048, dropout 0.2 before the FC (the authors' code)."""
     return _build("shufflenet_v2_x2_0", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design",
-    "Ma, Zhang, Zheng, Sun",
-    2018,
-    "1807.11164",
-)
 
 # name -> (params at 1000 classes, top-1, top-5, the paper's mult-adds in millions). Top-1 = 100 - Table 8's error
 # (39.7, 30.6, 27.4, 25.1). The paper gives no top-5; the authors' README gives 11.1 (1x) and 9.4 (1.5x) top-5 error

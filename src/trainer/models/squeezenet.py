@@ -206,9 +206,21 @@ def _create_squeezenet(variant: str, pretrained: bool = False, **kwargs: Any) ->
     )
 
 
+PAPER = Paper(
+    "SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB model size",
+    "Iandola, Han, Moskewicz, Ashraf, Dally, Keutzer",
+    2016,
+    "1602.07360",
+)
+
+
 def _cfg() -> dict[str, Any]:
     return pretrained_cfg(
-        pool_size=(13, 13), first_conv="features.0", classifier="classifier", paper_ids="arXiv:1602.07360"
+        pool_size=(13, 13),
+        first_conv="features.0",
+        classifier="classifier",
+        paper_ids="arXiv:1602.07360",
+        paper_name=PAPER.title,
     )
 
 
@@ -247,13 +259,6 @@ def squeezenet1_0_complex_bypass(pretrained: bool = False, **kwargs: Any) -> Squ
     model_args = dict(version="1_0", bypass="complex")
     return _create_squeezenet("squeezenet1_0_complex_bypass", pretrained, **dict(model_args, **kwargs))
 
-
-PAPER = Paper(
-    "SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB model size",
-    "Iandola, Han, Moskewicz, Ashraf, Dally, Keutzer",
-    2016,
-    "1602.07360",
-)
 
 # name -> (params at 1000 classes, min_resolution, paper top-1, top-5, protocol, notes). min_resolution: 1.0's
 # unpadded 7x7/2 conv1 and three 3x3/2 pools need 21 px (21 -> 8 -> 4 -> 2 -> 1); 1.1's 3x3/2 conv1 17 px.

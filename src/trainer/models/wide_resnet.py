@@ -113,8 +113,11 @@ def _create_wide_resnet_cifar(variant: str, pretrained: bool = False, **kwargs: 
     )
 
 
+PAPER = Paper("Wide Residual Networks", "Zagoruyko, Komodakis", 2016, "1605.07146")
+
+
 default_cfgs = generate_default_cfgs(
-    {name: cifar_cfg("arXiv:1605.07146") for name in ("wide_resnet28_10_cifar", "wide_resnet40_4_cifar")}
+    {name: cifar_cfg("arXiv:1605.07146", PAPER.title) for name in ("wide_resnet28_10_cifar", "wide_resnet40_4_cifar")}
 )
 
 
@@ -131,8 +134,6 @@ def wide_resnet40_4_cifar(pretrained: bool = False, **kwargs: Any) -> WideResNet
     """WRN-40-4 for CIFAR (Zagoruyko & Komodakis 2016): 6 units per stage, widths 64, 128, 256."""
     return _create_wide_resnet_cifar("wide_resnet40_4_cifar", pretrained, **{"depth": 40, "widen_factor": 4, **kwargs})
 
-
-PAPER = Paper("Wide Residual Networks", "Zagoruyko, Komodakis", 2016, "1605.07146")
 
 for _name, _params, _top1, _top5 in (
     ("wide_resnet50_2", 68_883_240, 78.1, 93.97),
