@@ -142,7 +142,7 @@ def test_reset_classifier_and_pooling(name: str) -> None:
         assert torch.allclose(model(x), pre_logits, atol=1e-5)
         model.reset_classifier(0, "")  # no pooling: the unpooled feature map
         assert torch.allclose(model(x), features, atol=1e-5)
-        model.reset_classifier(7)  # every classifier, auxiliary ones too, gets the new classes
+        model.reset_classifier(7, "avg")  # every classifier, auxiliary ones too, gets the new classes
         assert model(x).shape == (BATCH, 7)
         for classifier in classifier_names(model):
             assert model.get_submodule(classifier).weight.shape[0] == 7

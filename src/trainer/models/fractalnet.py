@@ -49,6 +49,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.preact_resnet import CIFAR10_MEAN, CIFAR10_STD, check_rate
+from trainer.models.stages import StagedModel
 
 
 @dataclass
@@ -88,6 +89,7 @@ class DropPathSampler(nn.Module):
         self.drop_path_rate = drop_path_rate
         self.global_drop_ratio = global_drop_ratio
 
+    @torch.jit.ignore  # host-side draws on a Python object: TorchScript calls it as Python
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         paths = self.paths
         paths.global_column, paths.local_drop_rate = None, 0.0
@@ -168,6 +170,7 @@ class FractalBlock(nn.Module):
             return [k / sum(keep) for k in keep]
         return None
 
+    @torch.jit.ignore  # its join schedule indexes columns by Python lists: TorchScript calls it as Python
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.paths.eval_column is not None:
             return self.columns[self.paths.eval_column - 1](x)
@@ -180,7 +183,7 @@ class FractalBlock(nn.Module):
         return x
 
 
-class FractalNet(nn.Module):
+class FractalNet(StagedModel, nn.Module):
     """Optional stem, B fractal blocks of C columns (`channels` gives B and the widths) joined by 2x2 max-pools,
     optional last max-pool, global average pool, classifier; drop-path drawn by `path_sampler` at the input."""
 
@@ -223,6 +226,7 @@ class FractalNet(nn.Module):
             check_rate("fractalnet", "block_drop_rates", rate)
         self.num_classes = num_classes
         self.num_columns = num_columns
+        self.grad_checkpointing = False
         self.block_drop_rates = tuple(block_drop_rates)
         self.paths = PathChoice()
         self.eval_column = eval_column
@@ -250,7 +254,8 @@ class FractalNet(nn.Module):
             in_chs = out_chs
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = in_chs
-        self.final_pool = nn.MaxPool2d(2, stride=2) if final_pool else nn.Identity()  # CIFAR: a pool after each block
+        # CIFAR: a pool after each block, the last one too; it ends the trunk (pretrained_cfg's pool_size is after it)
+        self.final_pool = nn.MaxPool2d(2, stride=2) if final_pool else nn.Identity()
         self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool)
         self._init_weights()
 
@@ -291,11 +296,21 @@ class FractalNet(nn.Module):
         pool_type = self.global_pool.pool_type if global_pool is None else global_pool
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool_type)
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.path_sampler, self.stem, *self.stages, self.final_pool]
+
+    def feature_ends(self) -> list[int]:
+        return [2 + b for b in range(len(self.stages))]  # after the sampler and the stem
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(self.path_sampler(x)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # the sampler saves nothing for backward, so it draws once; a recomputed block redraws its local joins
+            # from the RNG state checkpointing restores, so it takes the same paths
+            return self.run_stages(x)
+        return self.final_pool(self.stages(self.stem(self.path_sampler(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(self.final_pool(x))
+        x = self.global_pool(x)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -47,11 +47,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.layers import LocalResponseNorm
+from trainer.models.stages import StagedModel
 
 # Table 1: module -> (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj)
 INCEPTION_CHANNELS: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -160,7 +162,7 @@ def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
         raise ConfigError(f"googlenet: {name}={value} is not one of {', '.join(map(str, choices))}")
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(StagedModel, nn.Module):
     """GoogLeNet. The defaults build the paper's network; `_VARIANTS["googlenet_bn"]` gives torchvision's."""
 
     def __init__(
@@ -176,6 +178,7 @@ class GoogLeNet(nn.Module):
         branch3_kernel: int = 5,
         pool4_kernel: int = 3,
         aux_paper_pool: bool = True,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         _check_rate("drop_rate", drop_rate)
@@ -187,6 +190,7 @@ class GoogLeNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.aux_logits = aux_logits
+        self.grad_checkpointing = False
         conv_block = partial(ConvBlock, norm_layer=norm_layer, act_layer=act_layer)
         inception = partial(Inception, conv_block=conv_block, branch3_kernel=branch3_kernel)
 
@@ -215,7 +219,8 @@ class GoogLeNet(nn.Module):
         self.aux1: InceptionAux | None = aux(self.inception4a.out_chs, num_classes) if aux_logits else None
         self.aux2: InceptionAux | None = aux(self.inception4d.out_chs, num_classes) if aux_logits else None
 
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # Table 1's 7x7 average pool at 224
+        # Table 1's 7x7 average pool at 224
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [
@@ -248,14 +253,34 @@ class GoogLeNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New main and auxiliary classifiers for `num_classes` (only the paper's average pooling exists)."""
+        """New main and auxiliary classifiers for `num_classes`; `global_pool` as timm's ('' for none)."""
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         for head in (self.aux1, self.aux2):
             if head is not None:
                 head.fc2 = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
 
+    def trunk(self) -> list[nn.Module]:
+        names = ["conv1", "maxpool1", "norm1", "conv2", "conv3", "norm2", "maxpool2", "inception3a", "inception3b"]
+        names += ["maxpool3", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4"]
+        return [getattr(self, name) for name in (*names, "inception5a", "inception5b")]
+
+    @torch.jit.ignore
+    def _features_checkpointed(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`_features` with every trunk module recomputed in the backward pass (timm's gradient checkpointing)."""
+        aux: list[torch.Tensor] = []
+        for module in self.trunk():
+            x = checkpoint(module, x)
+            for head, after in ((self.aux1, self.inception4a), (self.aux2, self.inception4d)):
+                if with_aux and head is not None and module is after:
+                    aux.append(head(x))
+        return x, aux
+
     def _features(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._features_checkpointed(x, with_aux)
         aux: list[torch.Tensor] = []
         x = self.norm1(self.maxpool1(self.conv1(x)))
         x = self.maxpool2(self.norm2(self.conv3(self.conv2(x))))
@@ -273,7 +298,7 @@ class GoogLeNet(nn.Module):
         return self._features(x, with_aux=False)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(torch.flatten(self.global_pool(x), 1))
+        x = self.head_drop(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -327,7 +352,8 @@ default_cfgs = generate_default_cfgs(
     {
         name: pretrained_cfg(
             first_conv="conv1.conv",
-            classifier="fc",
+            # timm's convention: every classifier, the auxiliary heads' too where the default build has them
+            classifier=("fc", "aux1.fc2", "aux2.fc2") if _VARIANTS[name].get("aux_logits", True) else "fc",
             paper_ids="arXiv:1409.4842",
             paper_name=PAPER.title,
         )

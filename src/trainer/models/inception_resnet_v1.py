@@ -37,6 +37,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.preact_resnet import check_rate
+from trainer.models.stages import StagedModel
 
 NUM_BLOCKS = (5, 10, 5)  # Inception-ResNet-A, -B, -C (Fig. 15)
 ConvFactory = Callable[..., nn.Module]  # (in_chs, out_chs, kernel_size, stride=, padding=) -> conv, BN, ReLU
@@ -128,7 +129,7 @@ class ReductionB(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
 
 
-class InceptionResNetV1(nn.Module):
+class InceptionResNetV1(StagedModel, nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
@@ -149,6 +150,7 @@ class InceptionResNetV1(nn.Module):
             )
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         # BN and ReLU after every convolution; padding 0 ("V") unless given
         conv = partial(
             ConvNormAct,
@@ -201,7 +203,13 @@ class InceptionResNetV1(nn.Module):
         pool_type = self.global_pool.pool_type if global_pool is None else global_pool
         self.global_pool, self.classif = create_classifier(self.num_features, num_classes, pool_type=pool_type)
 
+    def trunk(self) -> list[nn.Module]:
+        stem = [self.conv2d_1a, self.conv2d_2a, self.conv2d_2b, self.maxpool_3a, self.conv2d_3b, self.conv2d_4a]
+        return [*stem, self.conv2d_4b, self.repeat, self.mixed_6a, self.repeat_1, self.mixed_7a, self.repeat_2]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x)))
         x = self.conv2d_4b(self.conv2d_4a(self.conv2d_3b(self.maxpool_3a(x))))
         x = self.mixed_6a(self.repeat(x))

@@ -57,7 +57,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import ConvNormAct, DropPath, create_classifier, create_pool2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models.nasnet import ActConvBn, BranchSeparables
 
 from trainer.errors import ConfigError
@@ -150,6 +150,7 @@ class NASNetACell(nn.Module):
             return self.final_path_bn(torch.cat([self.path_1(x_prev), self.path_2(x_prev)], 1))
         return self.conv_prev_1x1(x_prev)
 
+    @torch.jit.ignore  # wired from the CellSpec lists by name: TorchScript calls it as Python
     def forward(self, x: torch.Tensor, x_prev: torch.Tensor | None = None) -> torch.Tensor:
         states = [self.conv_1x1(x), self._previous(x, x_prev)]
         for block in range(len(self.op_names) // 2):
@@ -223,6 +224,7 @@ class NASNetA(nn.Module):
         if aux_logits and _stride16_size(img_size) < 5:
             raise ConfigError(f"nasnet: img_size={img_size} is too small for the auxiliary head (at least 67)")
         self.num_classes = num_classes
+        self.grad_checkpointing = False
         self.aux_logits = aux_logits  # what callers (the recipe check) read, as for timm's Inception v3
         self.skip_reduction_input = skip_reduction_input
         filters = penultimate_filters // 24
@@ -303,17 +305,26 @@ class NASNetA(nn.Module):
         if self.aux_head is not None:
             self.aux_head.fc = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each cell in the backward pass (timm's gradient checkpointing)."""
+        self.grad_checkpointing = enable
+
+    def _cell(self, cell: nn.Module, x: torch.Tensor, x_prev: torch.Tensor | None) -> torch.Tensor:
+        return checkpoint(cell, x, x_prev) if self.grad_checkpointing else cell(x, x_prev)
+
+    @torch.jit.ignore  # the cells are found by name (their names are timm's, for its weights): run as Python
     def _forward_cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The final features and the auxiliary head's input."""
         x_prev = self.conv0(x)
-        x, x_prev = self.cell_stem_0(x_prev), x_prev
-        x, x_prev = self.cell_stem_1(x, x_prev), x
+        x, x_prev = self._cell(self.cell_stem_0, x_prev, None), x_prev
+        x, x_prev = self._cell(self.cell_stem_1, x, x_prev), x
         aux_input = None
         for name in self.cell_names:
             if name.startswith("reduction"):  # the next cell's previous input: see skip_reduction_input
-                x, x_prev = getattr(self, name)(x, x_prev), (x_prev if self.skip_reduction_input else x)
+                x, x_prev = self._cell(getattr(self, name), x, x_prev), (x_prev if self.skip_reduction_input else x)
             else:
-                x, x_prev = getattr(self, name)(x, x_prev), x
+                x, x_prev = self._cell(getattr(self, name), x, x_prev), x
             if name == self.aux_cell:
                 aux_input = x
         return self.act(x), aux_input
@@ -370,7 +381,7 @@ default_cfgs = generate_default_cfgs(
             mean=IMAGENET_INCEPTION_MEAN,
             std=IMAGENET_INCEPTION_STD,
             first_conv="conv0.conv",
-            classifier="last_linear",
+            classifier=("last_linear", "aux_head.fc"),  # the main and the auxiliary head
             paper_ids="arXiv:1707.07012",
             paper_name=PAPER.title,
         ),
@@ -380,7 +391,7 @@ default_cfgs = generate_default_cfgs(
             mean=IMAGENET_INCEPTION_MEAN,
             std=IMAGENET_INCEPTION_STD,
             first_conv="conv0.conv",
-            classifier="last_linear",
+            classifier=("last_linear", "aux_head.fc"),  # the main and the auxiliary head
             paper_ids="arXiv:1707.07012",
             paper_name=PAPER.title,
         ),

@@ -42,6 +42,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
+from trainer.models.stages import StagedModel
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -90,7 +91,7 @@ class PreActBottleneck(nn.Module):
         return self.drop_path(x) + shortcut
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedModel, nn.Module):
     """3x3 stem (16 channels), three stages of `blocks_per_stage` units at strides 1, 2, 4, final BN-ReLU, global
     average pool, classifier. `block_fn(in_chs, out_chs, stride, drop_path_rate, act_layer=, norm_layer=)` builds
     one pre-activation unit; the first unit of a stage changes width (and, after the first stage, halves the size)."""
@@ -109,6 +110,7 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.grad_checkpointing = False
         self.stem = nn.Conv2d(in_chans, stem_chs, 3, padding=1, bias=False)  # no BN-ReLU: the first unit has it
         rates = calculate_drop_path_rates(drop_path_rate, len(widths) * blocks_per_stage)
         in_chs, stages, self.feature_info = stem_chs, [], []
@@ -148,7 +150,18 @@ class CifarResNet(nn.Module):
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.stem, *self.stages]
+
+    def feature_ends(self) -> list[int]:
+        return [1, 2, 3]  # the three stages' outputs
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(x))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         return self.act(self.norm(self.stages(self.stem(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -31,6 +31,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
+from trainer.models.stages import StagedModel
 from trainer.models.layers.channel_shuffle import ChannelShuffle
 from trainer.models.shufflenet_v1 import init_weights_as_megvii
 
@@ -91,7 +92,7 @@ class ShuffleV2Unit(nn.Module):
         return self.shuffle(out)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(StagedModel, nn.Module):
     def __init__(
         self,
         stage_channels: tuple[int, ...] = (116, 232, 464),
@@ -117,6 +118,7 @@ class ShuffleNetV2(nn.Module):
             raise ConfigError(f"shufflenet_v2: drop_rate={drop_rate} is outside [0, 1)")
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
 
         self.conv1 = nn.Sequential(
             nn.Conv2d(in_chans, STEM_CHANNELS, 3, stride=2, padding=1, bias=False),
@@ -143,7 +145,7 @@ class ShuffleNetV2(nn.Module):
         )
         self.feature_info.append(dict(num_chs=head_channels, reduction=reduction, module="conv5"))
         self.num_features = self.head_hidden_size = head_channels
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(head_channels, num_classes) if num_classes > 0 else nn.Identity()
         init_weights_as_megvii(self, self.conv1[0])
@@ -155,13 +157,18 @@ class ShuffleNetV2(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             nn.init.normal_(self.fc.weight, 0.0, 0.01)
             nn.init.zeros_(self.fc.bias)
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.conv1, self.maxpool, self.stage2, self.stage3, self.stage4, self.conv5]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         x = self.maxpool(self.conv1(x))
         return self.conv5(self.stage4(self.stage3(self.stage2(x))))
 

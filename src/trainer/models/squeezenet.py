@@ -43,6 +43,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
+from trainer.models.stages import StagedModel
 
 BYPASSES = ("", "simple", "complex")
 
@@ -102,7 +103,7 @@ def _pool() -> nn.MaxPool2d:
     return nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)  # Caffe rounds pooled sizes up
 
 
-class SqueezeNet(nn.Module):
+class SqueezeNet(StagedModel, nn.Module):
     def __init__(
         self,
         version: str = "1_0",
@@ -124,6 +125,7 @@ class SqueezeNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.act_layer = act_layer
+        self.grad_checkpointing = False
 
         layers: list[nn.Module] = [
             nn.Conv2d(in_chans, cfg.stem_chs, kernel_size=cfg.stem_kernel, stride=2),  # unpadded, as in Caffe
@@ -150,7 +152,7 @@ class SqueezeNet(nn.Module):
 
         self.head_drop = nn.Dropout(drop_rate)  # Sec. 3.3.1: dropout 0.5 after fire9
         self.classifier, self.head_act = self._conv10(num_classes)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self._init_weights()
 
     def _conv10(self, num_classes: int) -> tuple[nn.Module, nn.Module]:
@@ -174,10 +176,18 @@ class SqueezeNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.classifier, self.head_act = self._conv10(num_classes)
 
+    def trunk(self) -> list[nn.Module]:
+        return list(self.features)
+
+    def feature_ends(self) -> list[int]:
+        return [int(info["module"].split(".")[1]) for info in self.feature_info]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """timm's feature APIs for the networks written here, from one description of each network's trunk.
 
-A network lists its trunk as a chain of single-input modules (`stages()`) and says after which of them a feature
+A network lists its trunk as a chain of single-input modules (`trunk()`) and says after which of them a feature
 level ends (`feature_ends()`, one per `feature_info` entry). From that list this mixin gives what timm's own models
 implement one by one: `forward_intermediates` with timm's meaning of `indices`, `norm`, `stop_early` and
 `intermediates_only`, and `set_grad_checkpointing` (each module of the chain is
@@ -35,17 +35,20 @@ def take_indices(num_levels: int, indices: int | Sequence[int] | None) -> list[i
 
 
 class StagedModel:
-    """A mixin for an `nn.Module` whose trunk is `stages()` run in order (see the module docstring)."""
+    """A mixin for an `nn.Module` whose trunk is `trunk()` run in order (see the module docstring)."""
 
     grad_checkpointing: bool = False
 
-    def stages(self) -> list[nn.Module]:
+    def trunk(self) -> list[nn.Module]:
         """The trunk as single-input modules, in order; running them all is `forward_features`."""
         raise NotImplementedError
 
     def feature_ends(self) -> list[int]:
-        """For each `feature_info` level, the index in `stages()` of the module that ends it."""
-        raise NotImplementedError
+        """For each `feature_info` level, the index in `trunk()` of the module that ends it (by default the trunk
+        module that `feature_info` names)."""
+        trunk = self.trunk()
+        named = [self.get_submodule(info["module"]) for info in self.feature_info]  # type: ignore[attr-defined]
+        return [next(i for i, m in enumerate(trunk) if m is module) for module in named]
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         """What `norm=True` applies to the last level (a network with a final norm after its trunk overrides it)."""
@@ -57,7 +60,7 @@ class StagedModel:
 
     def run_stages(self, x: torch.Tensor) -> torch.Tensor:
         """`forward_features` through the chain, each module checkpointed when gradient checkpointing is on."""
-        for module in self.stages():
+        for module in self.trunk():
             x = checkpoint(module, x) if self.grad_checkpointing and torch.is_grad_enabled() else module(x)
         return self.final_norm(x)
 
@@ -77,10 +80,10 @@ class StagedModel:
             raise ValueError(f"output_fmt={output_fmt!r}: these networks give NCHW maps only")
         ends = self.feature_ends()
         taken = take_indices(len(ends), indices)
-        stop = ends[max(taken)] if stop_early or intermediates_only else len(self.stages()) - 1
+        stop = ends[max(taken)] if stop_early or intermediates_only else len(self.trunk()) - 1
         wanted = {ends[i]: i for i in taken}
         found: dict[int, torch.Tensor] = {}
-        for position, module in enumerate(self.stages()[: stop + 1]):
+        for position, module in enumerate(self.trunk()[: stop + 1]):
             x = checkpoint(module, x) if self.grad_checkpointing and torch.is_grad_enabled() else module(x)
             if position in wanted:
                 level = wanted[position]
@@ -88,6 +91,6 @@ class StagedModel:
         intermediates = [found[i] for i in taken]
         if intermediates_only:
             return intermediates
-        if stop == len(self.stages()) - 1:
+        if stop == len(self.trunk()) - 1:
             x = self.final_norm(x)
         return x, intermediates
