@@ -46,8 +46,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
-from trainer.models.stages import StagedModel
 from trainer.models.googlenet import ConvBlock
+from trainer.models.stages import StagedModel
 
 # Figure 5: module -> (#1x1, #3x3 reduce, #3x3, double #3x3 reduce, double #3x3, pool, pool proj, stride);
 # stride-2 modules have no 1x1 branch and pass the max-pooled input through (proj 0)

@@ -40,8 +40,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
-from trainer.models.stages import StagedModel
 from trainer.models.layers.channel_shuffle import ChannelShuffle
+from trainer.models.stages import StagedModel
 
 # Table 1: output channels of stages 2, 3, 4 of ShuffleNet 1x, per number of groups g
 STAGE_CHANNELS = {

@@ -31,9 +31,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
-from trainer.models.stages import StagedModel
 from trainer.models.layers.channel_shuffle import ChannelShuffle
 from trainer.models.shufflenet_v1 import init_weights_as_megvii
+from trainer.models.stages import StagedModel
 
 STAGE_REPEATS = (4, 8, 4)  # Table 5: one stride-2 unit, then 3, 7, 3 stride-1 units
 STEM_CHANNELS = 24
