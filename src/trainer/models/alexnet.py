@@ -21,8 +21,6 @@ and `reset_classifier(0)` / `forward_head(x, pre_logits=True)` give FC7's output
 `global_pool=''` removes the whole head: the model returns pool5's unpooled map (`forward_features`, 6x6 at 224).
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from typing import Any
 

@@ -33,8 +33,6 @@ Accuracy: the single network, single crop, of Figure 4 (ensemble table, Sec. 4.2
 error, i.e. 74.8 / 92.18 (the same 74.8% top-1 as BN-x30's maximum validation accuracy in Sec. 4.2.2).
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from functools import partial
 from typing import Any

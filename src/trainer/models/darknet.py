@@ -30,8 +30,6 @@ those settings are Darknet's ImageNet classifier recipe published with Darknet-1
 decay of power 4, weight decay 5e-4, momentum 0.9). So both name the `darknet19` recipe.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial

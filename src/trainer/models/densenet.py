@@ -9,8 +9,6 @@ configuration (6, 12, 64, 48), k=32 and the plain stem. Accuracies: Table 3, sin
 10-crop errors). DenseNet-264's top-5 is marked unverified in the reference table.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from timm.models import generate_default_cfgs, register_model

@@ -21,8 +21,6 @@ arguments; its data defaults, resolution and crop, follow from them). `base_reso
 a small data set scales from that set's own size (the sample set's 32 px) instead.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Mapping
 from typing import Any

@@ -34,8 +34,6 @@ last block's dropout rate, block b of B getting drop_rate * b / (B - 1) (0.4 giv
 `block_drop_rates` sets each block's rate. timm's drop-path tools do not apply: these joins are not residual branches.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -38,8 +38,6 @@ torchvision's pretrained model, 6.62 M parameters); `aux_logits=True` adds them 
 torchvision's ported weights expect `transform_input=True`, i.e. inputs normalised with mean = std = 0.5.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from functools import partial

@@ -22,8 +22,6 @@ Readings where the paper is ambiguous:
 Accuracy: Table 2, single crop, single model: 21.3 / 5.5 % top-1 / top-5 error.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any

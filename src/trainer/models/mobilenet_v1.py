@@ -16,8 +16,6 @@ Table 6: 1.0: 569, 0.75: 325, 0.5: 149, 0.25: 41 (at 224); Table 7: 224: 569, 19
 Eval crop 0.875 (TF-slim's inception preprocessing, also its [-1, 1] input scaling: timm's Inception mean/std).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD

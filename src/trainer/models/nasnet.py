@@ -45,8 +45,6 @@ Eval: 0.875 centre crop and [-1, 1] input scaling (TF-slim's inception preproces
 default build, with the auxiliary head; without it the network has the paper's 5.3 M.
 """
 
-from __future__ import annotations
-
 import math
 import re
 from dataclasses import dataclass

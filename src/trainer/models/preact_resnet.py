@@ -30,8 +30,6 @@ accuracy, so the entries' `top1` is None and the notes give the CIFAR-10 / CIFAR
 family passes its own residual unit.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from typing import Any
 

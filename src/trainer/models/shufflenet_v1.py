@@ -27,8 +27,6 @@ Readings where the paper is ambiguous, taken from the authors' code (megvii-mode
   for g = 1/2/3/4/8; the tests compare.
 """
 
-from __future__ import annotations
-
 import math
 from collections import OrderedDict
 from typing import Any

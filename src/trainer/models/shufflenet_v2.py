@@ -19,8 +19,6 @@ code (`init_weights_as_megvii`); torchvision keeps PyTorch's defaults.
 them); conv5 keeps the variant's width, as Table 5 keeps 1024 from 0.5x to 1.5x.
 """
 
-from __future__ import annotations
-
 import math
 from typing import Any
 

@@ -31,8 +31,6 @@ Module names follow torchvision's (`features.<i>` with Fire modules' `squeeze`, 
 state_dicts load with only conv10 renamed (`classifier.1` -> `classifier`; `checkpoint_filter_fn`).
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Any
 

@@ -8,8 +8,6 @@ recomputed in the backward pass). Each network keeps its explicit, scriptable `f
 that the chain gives the same output.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
@@ -37,8 +35,6 @@ def take_indices(num_levels: int, indices: int | Sequence[int] | None) -> list[i
 class StagedModel:
     """A mixin for an `nn.Module` whose trunk is `trunk()` run in order (see the module docstring)."""
 
-    grad_checkpointing: bool = False
-
     def trunk(self) -> list[nn.Module]:
         """The trunk as single-input modules, in order; running them all is `forward_features`."""
         raise NotImplementedError
@@ -56,12 +52,21 @@ class StagedModel:
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each trunk module in the backward pass instead of keeping its activations (set
+        `self.grad_checkpointing = False` in `__init__`)."""
         self.grad_checkpointing = enable
 
+    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # modules without parameters (pools, in-place activations) run as they are: recomputing them saves nothing,
+        # and an in-place activation would overwrite the checkpointed input of its own recomputation
+        if self.grad_checkpointing and torch.is_grad_enabled() and any(True for _ in module.parameters()):
+            return checkpoint(module, x)
+        return module(x)
+
     def run_stages(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward_features` through the chain, each module checkpointed when gradient checkpointing is on."""
+        """`forward_features` through the chain (with gradient checkpointing when it is on)."""
         for module in self.trunk():
-            x = checkpoint(module, x) if self.grad_checkpointing and torch.is_grad_enabled() else module(x)
+            x = self._run(module, x)
         return self.final_norm(x)
 
     def forward_intermediates(
@@ -84,7 +89,7 @@ class StagedModel:
         wanted = {ends[i]: i for i in taken}
         found: dict[int, torch.Tensor] = {}
         for position, module in enumerate(self.trunk()[: stop + 1]):
-            x = checkpoint(module, x) if self.grad_checkpointing and torch.is_grad_enabled() else module(x)
+            x = self._run(module, x)
             if position in wanted:
                 level = wanted[position]
                 found[level] = self.final_norm(x) if norm and level == len(ends) - 1 else x

@@ -22,8 +22,6 @@ CIFAR-10's (the code's mean/std normalisation). The paper reports CIFAR errors, 
 `top1` is None and the notes give the CIFAR-10 / CIFAR-100 test errors.
 """
 
-from __future__ import annotations
-
 from functools import partial
 from typing import Any
 
