@@ -126,8 +126,9 @@ class InceptionBN(nn.Module):
         self.out_chs = ch1x1 + ch3x3 + dbl3x3 + (pool_proj or in_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = [self.branch2(x), self.branch3(x), self.branch4(x)]
-        return torch.cat(branches if self.branch1 is None else [self.branch1(x), *branches], 1)
+        if self.branch1 is None:
+            return torch.cat([self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
 
 
 class BNInception(StagedModel, nn.Module):

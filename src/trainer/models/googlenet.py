@@ -299,11 +299,13 @@ class GoogLeNet(StagedModel, nn.Module):
         x = self.head_drop(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training with aux heads: (main, aux1, aux2) (torchvision returns (main, aux2, aux1)); else the logits."""
         x, aux = self._features(x, with_aux=self.training and self.aux_logits)
         x = self.forward_head(x)
-        return (x, *aux) if aux else x
+        if len(aux) == 2:  # a fixed-size tuple, so TorchScript can type it
+            return x, aux[0], aux[1]
+        return x
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: GoogLeNet) -> dict[str, torch.Tensor]:

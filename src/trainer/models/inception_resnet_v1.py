@@ -54,16 +54,20 @@ class InceptionResNetBlock(nn.Module):
         act_layer: type[nn.Module],
     ) -> None:
         super().__init__()
-        for i, branch in enumerate(branches):
-            self.add_module(f"branch{i}", branch)
-        self.num_branches = len(branches)
+        if len(branches) not in (2, 3):
+            raise ValueError(f"an Inception-ResNet block has 2 or 3 branches, not {len(branches)}")
+        self.branch0, self.branch1 = branches[:2]
+        self.branch2 = branches[2] if len(branches) == 3 else None
         self.scale = scale
         self.conv2d = nn.Conv2d(branch_chs, chs, 1)  # "1x1 Conv (Linear)": bias, no BN (Sec. 3.2)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.act = act_layer(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.cat([getattr(self, f"branch{i}")(x) for i in range(self.num_branches)], 1)
+        if self.branch2 is None:  # written out, so TorchScript compiles it
+            out = torch.cat([self.branch0(x), self.branch1(x)], 1)
+        else:
+            out = torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], 1)
         return self.act(x + self.drop_path(self.conv2d(out) * self.scale))
 
 
