@@ -87,8 +87,13 @@ class DropPathSampler(nn.Module):
         self.drop_path_rate = drop_path_rate
         self.global_drop_ratio = global_drop_ratio
 
-    @torch.jit.ignore  # host-side draws on a Python object: TorchScript calls it as Python
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # a scripted network draws nothing: it runs every column (see FractalBlock)
+            self._draw()
+        return x
+
+    @torch.jit.unused
+    def _draw(self) -> None:
         paths = self.paths
         paths.global_column, paths.local_drop_rate = None, 0.0
         if self.training:
@@ -96,7 +101,6 @@ class DropPathSampler(nn.Module):
                 paths.global_column = 1 + paths.randint(self.num_columns)
             else:
                 paths.local_drop_rate = self.drop_path_rate
-        return x
 
     def extra_repr(self) -> str:
         return f"drop_path_rate={self.drop_path_rate}, global_drop_ratio={self.global_drop_ratio}"
@@ -149,6 +153,8 @@ class FractalBlock(nn.Module):
         # at depth d = 1..2^(C-1), column k (0-based, spanning 2^(C-1-k) per convolution) ends a convolution,
         # its (d / span - 1)-th, wherever its span divides d
         spans = [2 ** (num_columns - 1 - k) for k in range(num_columns)]
+        self.spans = spans
+        self.scripted_column = 0  # eval_column for TorchScript (0: all columns); FractalNet.eval_column sets it
         self.schedule = [
             [(k, d // span - 1) for k, span in enumerate(spans) if d % span == 0] for d in range(1, spans[0] + 1)
         ]
@@ -168,8 +174,39 @@ class FractalBlock(nn.Module):
             return [k / sum(keep) for k in keep]
         return None
 
-    @torch.jit.ignore  # its join schedule indexes columns by Python lists: TorchScript calls it as Python
+    def forward_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` as TorchScript compiles it: the plain joins (no drop-path), depth by depth, with the
+        convolutions found by unrolled loops (TorchScript indexes module lists by constants only); `eval_column` is
+        the one set when the network was scripted."""
+        if not self.training and self.scripted_column > 0:
+            for k, column in enumerate(self.columns):
+                if k == self.scripted_column - 1:
+                    return column(x)
+        inputs = [x for _ in range(self.num_columns)]
+        for depth in range(1, self.spans[0] + 1):
+            outs: list[torch.Tensor] = []
+            ended: list[int] = []
+            for k, column in enumerate(self.columns):
+                if depth % self.spans[k] == 0:
+                    for i, conv in enumerate(column):
+                        if i == depth // self.spans[k] - 1:
+                            outs.append(conv(inputs[k]))
+                    ended.append(k)
+            x = outs[0]
+            for out in outs[1:]:
+                x = x + out
+            x = x / len(outs) if len(outs) > 1 else x  # join: the element-wise mean, as `join`
+            for k in ended:
+                inputs[k] = x
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.forward_scripted(x)
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.paths.eval_column is not None:
             return self.columns[self.paths.eval_column - 1](x)
         inputs = [x] * self.num_columns  # each column's input: the block's, then that of its last join
@@ -184,6 +221,8 @@ class FractalBlock(nn.Module):
 class FractalNet(StagedModel, nn.Module):
     """Optional stem, B fractal blocks of C columns (`channels` gives B and the widths) joined by 2x2 max-pools,
     optional last max-pool, global average pool, classifier; drop-path drawn by `path_sampler` at the input."""
+
+    __jit_unused_properties__ = ["eval_column", "drop_path_generator"]  # Python-side settings, not for TorchScript
 
     def __init__(
         self,
@@ -251,6 +290,7 @@ class FractalNet(StagedModel, nn.Module):
             self.feature_info.append(dict(num_chs=out_chs, reduction=reduction * 2**b, module=f"stages.{b}"))
             in_chs = out_chs
         self.stages = nn.Sequential(*stages)
+        self.eval_column = eval_column  # again, now that the blocks exist (their TorchScript copy of it)
         self.num_features = self.head_hidden_size = in_chs
         # CIFAR: a pool after each block, the last one too; it ends the trunk (pretrained_cfg's pool_size is after it)
         self.final_pool = nn.MaxPool2d(2, stride=2) if final_pool else nn.Identity()
@@ -275,6 +315,9 @@ class FractalNet(StagedModel, nn.Module):
         if column is not None and not 1 <= column <= self.num_columns:
             raise ConfigError(f"fractalnet: eval_column={column} is outside 1..{self.num_columns} (num_columns)")
         self.paths.eval_column = column
+        for module in self.modules():
+            if isinstance(module, FractalBlock):
+                module.scripted_column = column or 0
 
     @property
     def drop_path_generator(self) -> torch.Generator | None:

@@ -148,7 +148,6 @@ class NASNetACell(nn.Module):
             return self.final_path_bn(torch.cat([self.path_1(x_prev), self.path_2(x_prev)], 1))
         return self.conv_prev_1x1(x_prev)
 
-    @torch.jit.ignore  # wired from the CellSpec lists by name: TorchScript calls it as Python
     def forward(self, x: torch.Tensor, x_prev: torch.Tensor | None = None) -> torch.Tensor:
         states = [self.conv_1x1(x), self._previous(x, x_prev)]
         for block in range(len(self.op_names) // 2):
@@ -311,7 +310,6 @@ class NASNetA(nn.Module):
     def _cell(self, cell: nn.Module, x: torch.Tensor, x_prev: torch.Tensor | None) -> torch.Tensor:
         return checkpoint(cell, x, x_prev) if self.grad_checkpointing else cell(x, x_prev)
 
-    @torch.jit.ignore  # the cells are found by name (their names are timm's, for its weights): run as Python
     def _forward_cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The final features and the auxiliary head's input."""
         x_prev = self.conv0(x)
@@ -338,6 +336,7 @@ class NASNetA(nn.Module):
         x, aux_input = self._forward_cells(x)
         logits = self.forward_head(x)
         if self.training and self.aux_head is not None and self.num_classes > 0:  # TF-slim: only with a classifier
+            assert aux_input is not None  # the aux cell always runs; TorchScript needs the Optional refined
             return logits, self.aux_head(aux_input)
         return logits
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, calculate_drop_path_rates
+from timm.layers import DropPath, SelectAdaptivePool2d, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from trainer.errors import ConfigError
@@ -105,6 +105,7 @@ class CifarResNet(StagedModel, nn.Module):
         drop_path_rate: float = 0.0,
         act_layer: type[nn.Module] = nn.ReLU,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -125,7 +126,7 @@ class CifarResNet(StagedModel, nn.Module):
         self.norm = norm_layer(in_chs)  # the final BN-ReLU: pre-activation units leave their sum unnormalised
         self.act = act_layer(inplace=True)
         self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
@@ -146,6 +147,8 @@ class CifarResNet(StagedModel, nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def trunk(self) -> list[nn.Module]:
@@ -181,6 +184,7 @@ class PreActResNetCifar(CifarResNet):
         drop_path_rate: float = 0.0,
         act_layer: type[nn.Module] = nn.ReLU,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        global_pool: str = "avg",
     ) -> None:
         if depth < 11 or (depth - 2) % 9:
             raise ConfigError(f"preact_resnet_cifar: depth={depth} is not 9n+2 with n >= 1 (the paper: 164, 1001)")
@@ -194,6 +198,7 @@ class PreActResNetCifar(CifarResNet):
             drop_path_rate=drop_path_rate,
             act_layer=act_layer,
             norm_layer=norm_layer,
+            global_pool=global_pool,
         )
         self.depth = depth
 

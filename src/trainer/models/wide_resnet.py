@@ -81,6 +81,7 @@ class WideResNetCifar(CifarResNet):
         drop_path_rate: float = 0.0,
         act_layer: type[nn.Module] = nn.ReLU,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        global_pool: str = "avg",
     ) -> None:
         if depth < 10 or (depth - 4) % 6:
             raise ConfigError(f"wide_resnet_cifar: depth={depth} is not 6n+4 with n >= 1 (the paper: 16, 22, 28, 40)")
@@ -97,6 +98,7 @@ class WideResNetCifar(CifarResNet):
             drop_path_rate=drop_path_rate,
             act_layer=act_layer,
             norm_layer=norm_layer,
+            global_pool=global_pool,
         )
         self.depth, self.widen_factor, self.drop_rate = depth, widen_factor, drop_rate
 
