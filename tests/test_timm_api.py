@@ -63,6 +63,15 @@ NO_INTERMEDIATES = {
 BATCH = 2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these networks are tiny at these inputs, and on a shared machine more threads only wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def smallest_input(name: str) -> int:
     """The smallest input the catalogue accepts for a network (over its entries; 32 px, the floor, otherwise)."""
     sizes = [e.min_resolution for e in _CATALOGUE.values() if e.builder == name]
