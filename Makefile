@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/setup.sh
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $@
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Export a checkpoint as a timm-format folder: `python scripts/export.py ckpt=<path> out=<dir> [overwrite=true]
-[weights=auto|raw|ema] [license=<id>]` (see trainer.hub and the README's "Publishing and tracking")."""
+[weights=auto|raw|ema] [license=<id>]` (see trainer.hub and docs/hub.md)."""
 
 import sys
 

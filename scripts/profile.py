@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from trainer.models import create_model, get_entry, list_models
-from trainer.models.complexity import count_macs, meta_model
+from trainer.models.complexity import measure, meta_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "complexity.json"
@@ -133,14 +133,16 @@ def latency(name: str, resolution: int, batch_sizes: list[int], device: str, war
 def profile(name: str, args: argparse.Namespace) -> dict[str, Any]:
     resolution = args.resolution or get_entry(name).resolution
     model = meta_model(name)
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in model.parameters())  # what training holds in memory, auxiliary heads included
+    measured = measure(model, resolution)
     rows = layer_table(model, resolution)
     activations = activation_values(rows, resolution)
     result: dict[str, Any] = {
         "model": name,
         "resolution": resolution,
-        "params": params,
-        "macs": count_macs(model, resolution),
+        "params": measured.params,  # the inference network, as the papers count
+        "aux_params": measured.aux_params,  # auxiliary heads (training only)
+        "macs": measured.macs,
         "activations": activations,
         "activation_bytes": activations * BYTES,
         "train_batch": args.train_batch,
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mem = r["training_memory"]
         print(
             f"{r['model']:<24} {r['resolution']:>4}px  params {r['params'] / 1e6:8.2f} M  "
-            f"MACs {r['macs'] / 1e9:7.3f} G  "
+            + (f"(+ aux heads {r['aux_params'] / 1e6:.2f} M)  " if r["aux_params"] else "")
+            + f"MACs {r['macs'] / 1e9:7.3f} G  "
             f"activations {r['activations'] / 1e6:7.2f} M ({r['activation_bytes'] / 2**20:.1f} MiB/image)  "
             f"train batch {r['train_batch']}: {mem['bytes'] / 2**30:.2f} GiB ({mem['method']})"
         )

@@ -6,6 +6,11 @@ set -euo pipefail
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
 torch_spec="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+# constraints.txt pins every package to the versions CI tested, so a fresh machine next month installs the same set;
+# CONSTRAINTS= (empty) installs the newest versions pyproject.toml allows instead.
+constraints="${CONSTRAINTS-constraints.txt}"
+pin=()
+[ -n "$constraints" ] && [ -z "${TORCH_SPEC:-}" ] && pin=(-c "$constraints")
 
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "error: Python >= 3.10 required" >&2; exit 1; }
 
@@ -32,6 +37,6 @@ fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # shellcheck disable=SC2086
-"$venv/bin/python" -m pip install --quiet $torch_spec
-"$venv/bin/python" -m pip install --quiet -e ".[$extras]"
+"$venv/bin/python" -m pip install --quiet "${pin[@]}" $torch_spec
+"$venv/bin/python" -m pip install --quiet "${pin[@]}" -e ".[$extras]"
 "$venv/bin/python" -c 'import torch, torchvision, timm, lightning, hydra; print(f"torch {torch.__version__}, timm {timm.__version__}, lightning {lightning.__version__}")'

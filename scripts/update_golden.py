@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     todo = [n for n in list_models() if n not in rows or n in args.names]
     for name in todo:
         resolution = get_entry(name).resolution
-        _, macs = complexity(name, resolution)
+        macs = complexity(name, resolution).macs
         rows[name] = {"resolution": resolution, "macs": macs}
         print(f"{name}: {macs / 1e9:.3f} GMACs at {resolution} px")
     stale = sorted(set(rows) - set(list_models()))

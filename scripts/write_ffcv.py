@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert a split of an ImageNet-layout folder to an FFCV .beton:
 `python scripts/write_ffcv.py data.root=<folder> split=train out=<file.beton> [write_mode=...] [max_resolution=...]`
-(options in conf/write_ffcv.yaml; README, "FFCV")."""
+(options in conf/write_ffcv.yaml; docs/data.md, "FFCV")."""
 
 from pathlib import Path
 

@@ -416,7 +416,7 @@ def test_paper_pixel_sizes_scale_with_the_resolution() -> None:
     jitter = transform.transforms[0]
     assert (jitter.low, jitter.high) == (128, 256)
     alexnet = build_train_transform(
-        _augment(crop="resize_random", resize=256),
+        _augment(crop="squash_random", resize=256),
         resolution=112,
         mean=(0.5,) * 3,
         std=(0.5,) * 3,
@@ -466,6 +466,6 @@ def test_recipe_augment_wins_over_the_data_sets_own(tiny_cfg) -> None:
     cfg = tiny_cfg("augment=alexnet")
     datamodule = build_datamodule(cfg)
     merged = datamodule.train_augment()
-    assert merged["crop"] == "resize_random" and merged["hflip"] == 0.5 and merged["lighting_std"] == 0.1
+    assert merged["crop"] == "center_random" and merged["hflip"] == 0.5 and merged["lighting_std"] == 0.1
     plain = build_datamodule(tiny_cfg()).train_augment()
     assert plain["hflip"] == cfg.data.hflip == 0.0 and plain["scale"] == tuple(cfg.data.train_scale)

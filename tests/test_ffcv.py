@@ -655,12 +655,12 @@ def _gradient_set(root: Path, count: int = 48) -> Path:
 
 
 @needs_ffcv
-def test_scale_jitter_and_resize_random_crops_as_decoders(tmp_path: Path) -> None:
+def test_scale_jitter_and_squash_random_crops_as_decoders(tmp_path: Path) -> None:
     from ffcv.loader import OrderOption
     from ffcv.transforms import ToTensor
 
     from trainer.data.beton import WriteOptions, write_beton
-    from trainer.data.ffcv_ops import Loader, ResizeRandomCropRGBImageDecoder, ScaleJitterRGBImageDecoder
+    from trainer.data.ffcv_ops import Loader, ScaleJitterRGBImageDecoder, SquashRandomCropRGBImageDecoder
 
     root = _gradient_set(tmp_path / "grad")
     out = tmp_path / "grad.beton"
@@ -687,8 +687,8 @@ def test_scale_jitter_and_resize_random_crops_as_decoders(tmp_path: Path) -> Non
     jitter = extents(ScaleJitterRGBImageDecoder((16, 16), 18, 37, 16))
     assert np.allclose(jitter[:, 0], jitter[:, 1], atol=1.5)  # square
     assert jitter.min() > 19 and jitter.max() < 44.5 and jitter[:, 0].std() > 3
-    # AlexNet's 224 of 256 at 16 px: 16 of 18 of each side, i.e. 57 x 43 of 64 x 48
-    alexnet = extents(ResizeRandomCropRGBImageDecoder((16, 16), 18, 16))
+    # squashed AlexNet crop, 224 of 256 at 16 px: 16 of 18 of each side, i.e. 57 x 43 of 64 x 48
+    alexnet = extents(SquashRandomCropRGBImageDecoder((16, 16), 18, 16))
     assert np.allclose(alexnet, [[57, 43]], atol=1.5)
 
 

@@ -172,7 +172,8 @@ def test_scheduled_drop_path_needs_drop_path_modules() -> None:
 
 def test_drop_path_mode_from_the_config(tiny_cfg) -> None:
     model = build_model(tiny_cfg("model.drop_path_rate=0.5", "model.drop_path_mode=batch"), num_classes=10)
-    assert [m.survival_prob for m in drop_path_modules(model)] == pytest.approx(survival_probs(7, 0.5))
+    # all 8 blocks, the first included (timm builds none there; the paper's rule drops it too)
+    assert [m.survival_prob for m in drop_path_modules(model)] == pytest.approx(survival_probs(8, 0.5))
     model = build_model(tiny_cfg("model.drop_path_rate=0.5"), num_classes=10)  # row: timm's, unchanged
     assert all(type(m) is DropPath for m in drop_path_modules(model))
     assert drop_path_modules(model)[-1].drop_prob == pytest.approx(0.5)

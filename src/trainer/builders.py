@@ -20,7 +20,13 @@ from trainer.engine.fast_paths import compile_model, resolve_switch
 from trainer.errors import ConfigError, UserError
 from trainer.models import create_model, data_defaults, get_entry, load_weights
 from trainer.models.catalogue import TIMM_PREFIX, check_resolution
-from trainer.models.regularization import DROP_PATH_MODES, apply_linear_decay, drop_path_modules, set_drop_path_mode
+from trainer.models.regularization import (
+    DROP_PATH_MODES,
+    add_missing_drop_paths,
+    apply_linear_decay,
+    drop_path_modules,
+    set_drop_path_mode,
+)
 
 _MODEL_DEFAULTED = ("resolution", "crop_ratio", "interpolation", "mean", "std")
 
@@ -74,8 +80,9 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
 
 
 def _batch_stochastic_depth(model: nn.Module, name: str, drop_path_rate: float | None) -> None:
-    """The paper's stochastic depth: BatchDropPath in place of timm's DropPath, and the linear-decay rule with
-    p_L = 1 - drop_path_rate over the blocks that have drop-path (timm builds none where its rate is 0)."""
+    """The paper's stochastic depth: BatchDropPath in place of timm's DropPath, and the linear-decay rule
+    p_l = 1 - (l / L)(1 - p_L), p_L = 1 - drop_path_rate, over all L residual blocks (Huang et al. 2016, Eq. 4): the
+    first block, where timm builds no drop-path module (its rate 0), gets one too and can be dropped."""
     modules = drop_path_modules(model)
     if not modules:
         raise ConfigError(
@@ -84,6 +91,7 @@ def _batch_stochastic_depth(model: nn.Module, name: str, drop_path_rate: float |
         )
     final_rate = drop_path_rate if drop_path_rate is not None else max(m.drop_prob for m in modules)
     set_drop_path_mode(model, "batch")
+    add_missing_drop_paths(model)
     apply_linear_decay(model, 1.0 - final_rate)
 
 

@@ -27,7 +27,7 @@ import yaml
 
 from trainer.errors import CheckpointError, ConfigError, UserError
 from trainer.models import TIMM_PREFIX, create_model, get_entry
-from trainer.models.complexity import count_macs
+from trainer.models.complexity import measure
 from trainer.models.weights import load_tensors_only
 
 WEIGHTS = ("auto", "raw", "ema")  # auto: the EMA weights when the run kept an EMA
@@ -206,10 +206,11 @@ def _card(
     name = config["model"]["name"]
     entry = None if name.startswith(TIMM_PREFIX) else get_entry(name)
     data = config["data"]
-    params = sum(p.numel() for p in model.parameters())
     with torch.device("meta"):
         meta = create_model(name, num_classes=model.num_classes, **_model_kwargs(config)).eval()
-    gmacs = count_macs(meta, int(data["resolution"])) / 1e9
+    measured = measure(meta, int(data["resolution"]))  # the inference network's parameters, as the papers count
+    gmacs = measured.macs / 1e9
+    aux = f" (auxiliary heads, training only: {measured.aux_params / 1e6:.2f} M more)" if measured.aux_params else ""
     recipe = (config.get("recipe_info") or {}).get("name") or "none (the config's defaults)"
     optim, sched, trainer_cfg = config.get("optim", {}), config.get("sched", {}), config.get("trainer", {})
     source = f"hf-hub:{repo_id}" if repo_id else "local-dir:<this folder>"
@@ -228,7 +229,7 @@ def _card(
         "## Model",
         "",
         f"- architecture: `{architecture}` ({'this package' if own else 'timm'}'s implementation)",
-        f"- parameters: {params / 1e6:.2f} M; {gmacs:.3f} GMACs per image at {data['resolution']} px",
+        f"- parameters: {measured.params / 1e6:.2f} M{aux}; {gmacs:.3f} GMACs per image at {data['resolution']} px",
         f"- classes: {model.num_classes}",
         f"- weights: {'the exponential moving average of the weights (EMA, decay ' + str(config['ema']['decay']) + ')' if kind == 'ema' else 'the trained (raw) weights'}",  # noqa: E501
         f"- input: {data['resolution']} px, crop ratio {data['crop_ratio']}, {data['interpolation']} interpolation, "

@@ -4,7 +4,7 @@ The folder loader applies the recipes' augmentations to each PIL image in its wo
 An FFCV pipeline decodes, crops and flips in compiled code and hands over a uint8 batch; `BatchAugment` does the rest
 on that batch, wherever it lives (the GPU in training), in the folder pipeline's order:
 
-    AutoAugment / RandAugment (uint8)  ->  to [0, 1]  ->  colour jitter  ->  PCA lighting  ->  normalise
+    AutoAugment / RandAugment (uint8)  ->  to [0, 1]  ->  rotation  ->  colour jitter  ->  PCA lighting  ->  normalise
 
 Randomness is per sample, as in the papers and in the folder pipeline: each image draws its own AutoAugment
 sub-policy (with its own application coins, signs and magnitudes), its own jitter factors and order, and its own
@@ -31,30 +31,34 @@ import torchvision.transforms.v2.functional as TF
 from timm.data.auto_augment import AutoAugment, RandAugment
 from torchvision.transforms import InterpolationMode
 
-from trainer.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, _policy
+from trainer.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, _policy, jitter_values, rotation_degrees
 from trainer.errors import ConfigError
 
-__all__ = ["BatchAugment", "needs_batch_augment"]
+__all__ = ["BatchAugment", "needs_batch_augment", "rotate"]
 
 _LEVEL_DENOM = 10.0  # timm's magnitude scale
 
 
 def needs_batch_augment(augment: Mapping[str, Any]) -> bool:
-    """Whether `augment` asks for anything an FFCV decoder does not do (AutoAugment, colour jitter, lighting)."""
-    return bool(augment.get("auto_augment") or augment.get("color_jitter") or augment.get("lighting_std"))
+    """Whether `augment` asks for anything an FFCV decoder does not do (AutoAugment, rotation, colour jitter,
+    lighting)."""
+    keys = ("auto_augment", "rotation", "color_jitter", "lighting_std")
+    return any(augment.get(key) for key in keys)
 
 
 def _jitter_ranges(jitter: Any) -> list[tuple[float, float] | None]:
     """torchvision ColorJitter's ranges for (brightness, contrast, saturation, hue); None where switched off."""
-    values = [float(jitter)] * 3 if isinstance(jitter, (int, float)) else [float(j) for j in jitter]
-    if len(values) not in (3, 4):
-        raise ConfigError(f"augment.color_jitter={values}: give brightness, contrast, saturation[, hue]")
+    values = jitter_values(jitter)
     values += [0.0] * (4 - len(values))
-    ranges: list[tuple[float, float] | None] = [(max(0.0, 1.0 - v), 1.0 + v) if v > 0 else None for v in values[:3]]
+    ranges: list[tuple[float, float] | None] = []
+    for v in values[:3]:  # torchvision's: v -> [max(0, 1 - v), 1 + v]; a pair as given; (1, 1) is off
+        low, high = v if isinstance(v, tuple) else (max(0.0, 1.0 - v), 1.0 + v)
+        ranges.append(None if low == high == 1.0 or (not isinstance(v, tuple) and v <= 0) else (low, high))
     hue = values[3]
-    if not 0.0 <= hue <= 0.5:
-        raise ConfigError(f"augment.color_jitter hue={hue} is not in [0, 0.5]")
-    ranges.append((-hue, hue) if hue > 0 else None)
+    low, high = hue if isinstance(hue, tuple) else (-hue, hue)
+    if not -0.5 <= low <= high <= 0.5:
+        raise ConfigError(f"augment.color_jitter hue={hue} is not in [-0.5, 0.5]")
+    ranges.append(None if low == high == 0.0 else (low, high))
     return ranges
 
 
@@ -208,9 +212,23 @@ def _jitter(kind: int, images: torch.Tensor, factor: torch.Tensor) -> torch.Tens
     return _hsv_to_rgb(torch.cat((hue, hsv[:, 1:]), 1))
 
 
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """torchvision's rotate on (n, c, h, w) floats, one angle per sample (degrees, counter-clockwise) about the image
+    centre: bilinear, black outside the image, the output the input's size."""
+    n, c, h, w = images.shape
+    angle = degrees.to(images.device, torch.float32) * (math.pi / 180)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros_like(cos)
+    # where each output pixel samples the input, in normalised coordinates (x across w, y down h): the inverse
+    # rotation, with the aspect ratio undone so that the turn is a rotation in pixels
+    theta = torch.stack((torch.stack((cos, -sin * h / w, zero), 1), torch.stack((sin * w / h, cos, zero), 1)), 1)
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 class BatchAugment(nn.Module):
     """The augmentations of `augment` that FFCV's decoders lack, on a uint8 (n, 3, H, W) batch, then normalisation;
-    returns `dtype`. `augment` is the training augmentation config (`auto_augment`, `color_jitter`,
+    returns `dtype`. `augment` is the training augmentation config (`auto_augment`, `rotation`, `color_jitter`,
     `lighting_std`; crops and flips are the decoders')."""
 
     def __init__(
@@ -227,6 +245,7 @@ class BatchAugment(nn.Module):
         self.policy = _policy(str(name), int(resolution), mean) if name else None
         if self.policy is not None and not isinstance(self.policy, (AutoAugment, RandAugment)):
             raise ConfigError(f"augment.auto_augment='{name}' has no batched form (AutoAugment or RandAugment only)")
+        self.rotation = rotation_degrees(augment.get("rotation") or 0.0)
         jitter = augment.get("color_jitter")
         self.jitter = _jitter_ranges(jitter) if jitter else None
         self.lighting_std = float(augment.get("lighting_std") or 0.0)
@@ -237,8 +256,10 @@ class BatchAugment(nn.Module):
         self.register_buffer("eigvec", torch.tensor(IMAGENET_PCA_EIGVEC), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"policy={type(self.policy).__name__ if self.policy else None}, jitter={self.jitter}, " + (
-            f"lighting_std={self.lighting_std}, dtype={self.dtype}"
+        return (
+            f"policy={type(self.policy).__name__ if self.policy else None}, rotation={self.rotation}, "
+            + (f"jitter={self.jitter}, ")
+            + (f"lighting_std={self.lighting_std}, dtype={self.dtype}")
         )
 
     # AutoAugment: a program per sample, run step by step with the samples grouped by (op, arguments).
@@ -271,6 +292,11 @@ class BatchAugment(nn.Module):
                 out[rows] = _apply_op(name, out[rows], args, fill)
         return out
 
+    def rotate(self, images: torch.Tensor) -> torch.Tensor:
+        """torchvision's RandomRotation per sample: an angle uniform in [-rotation, rotation] degrees."""
+        angles = torch.empty(images.shape[0], device=images.device).uniform_(-self.rotation, self.rotation)
+        return rotate(images, angles)
+
     def color_jitter(self, images: torch.Tensor) -> torch.Tensor:
         n, device = images.shape[0], images.device
         order = torch.argsort(torch.rand(n, 4, device=device), dim=1)  # torchvision: a random order per call
@@ -296,6 +322,8 @@ class BatchAugment(nn.Module):
         if self.policy is not None:
             images = self.auto_augment(images)
         x = images.float().div_(255)  # ToTensor
+        if self.rotation:
+            x = self.rotate(x)
         if self.jitter is not None:
             x = self.color_jitter(x)
         if self.lighting_std:

@@ -266,7 +266,7 @@ def check_beton(
     """
     path = Path(path)
     sidecar = sidecar_path(path)
-    hint = "write it with scripts/write_ffcv.py (README, 'FFCV')"
+    hint = "write it with scripts/write_ffcv.py (docs/data.md)"
     if not path.is_file():
         raise DataError(f".beton '{path}' does not exist; {hint}")
     if not sidecar.is_file():

@@ -5,8 +5,9 @@ class index (sorted class folders, checked against the class index written besid
 batch split over devices, drop_last for training only), crops and normalisation:
 
 - training: RandomResizedCrop (`train_scale`, `train_ratio`, or the recipe's `augment.scale` / `ratio`) + horizontal
-  flip, in ffcv's decoder; the recipes' `scale_jitter` and `resize_random` crops as decoders of their own
-  (trainer.data.ffcv_ops); AutoAugment, colour jitter and PCA lighting as batched tensor ops on the training device
+  flip, in ffcv's decoder; the recipes' `scale_jitter`, `center_random` and `squash_random` crops as decoders of
+  their own (trainer.data.ffcv_ops); AutoAugment, rotation, colour jitter and PCA lighting as batched tensor ops on
+  the training device
   after loading (trainer.data.batch_augment, applied in `on_after_batch_transfer`);
 - validation: a centre crop at the model's crop ratio, resized to `resolution` (ffcv's CenterCropRGBImageDecoder);
 - the model's mean/std.
@@ -198,7 +199,11 @@ class FFCVDataModule(ImageFolderDataModule):
     def _train_decoder_for(self, augment: Mapping[str, Any], output: int) -> Any:
         from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
 
-        from trainer.data.ffcv_ops import ResizeRandomCropRGBImageDecoder, ScaleJitterRGBImageDecoder
+        from trainer.data.ffcv_ops import (
+            CenterRandomCropRGBImageDecoder,
+            ScaleJitterRGBImageDecoder,
+            SquashRandomCropRGBImageDecoder,
+        )
 
         resolution = int(self.resolution)
         crop = augment.get("crop", "random_resized")
@@ -210,8 +215,10 @@ class FFCVDataModule(ImageFolderDataModule):
             if not 0 < low <= high:
                 raise ConfigError(f"augment.jitter_sizes={list(augment['jitter_sizes'])} is not a range of sizes")
             return ScaleJitterRGBImageDecoder(size, low, high, resolution)
-        if crop == "resize_random":
-            return ResizeRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
+        if crop == "center_random":
+            return CenterRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
+        if crop == "squash_random":
+            return SquashRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
         raise ConfigError(f"augment.crop='{crop}' is not one of {', '.join(CROPS)}")
 
     def _pipelines(self, train: bool, device: torch.device) -> dict[str, list[Any]]:

@@ -6,9 +6,9 @@ module imports this module only once ffcv is known to import).
   inputs for identical pixels.
 - `DeviceNormalize`: uint8 -> normalised float16 / bfloat16 / float32 on the training device, in torch (ffcv's
   NormalizeImage needs cupy on the GPU, and knows no bfloat16); the output is channels-last.
-- `ScaleJitterRGBImageDecoder`, `ResizeRandomCropRGBImageDecoder`: the recipes' `scale_jitter` (VGG, ResNet) and
-  `resize_random` (AlexNet) crops as ffcv decoders: the crop the folder loader takes, located in the stored image
-  and resized once.
+- `ScaleJitterRGBImageDecoder`, `CenterRandomCropRGBImageDecoder`, `SquashRandomCropRGBImageDecoder`: the recipes'
+  `scale_jitter` (VGG, ResNet), `center_random` (AlexNet) and `squash_random` crops as ffcv decoders: the crop the
+  folder loader takes, located in the stored image and resized once.
 - `Loader`: ffcv's Loader made safe for Lightning. ffcv recycles `batches_ahead + 2` output buffers and assumes the
   consumer holds one batch; Lightning holds two (it fetches the next batch before training on the current one),
   so one more buffer than the queue can fill is kept. The epoch that seeds the order comes from the trainer, and
@@ -44,11 +44,12 @@ from ffcv.transforms import NormalizeImage
 from ffcv.traversal_order import QuasiRandom
 
 __all__ = [
+    "CenterRandomCropRGBImageDecoder",
     "DeviceNormalize",
     "ExactNormalize",
     "Loader",
-    "ResizeRandomCropRGBImageDecoder",
     "ScaleJitterRGBImageDecoder",
+    "SquashRandomCropRGBImageDecoder",
 ]
 
 
@@ -124,7 +125,17 @@ def _scale_jitter_crop(height, width, sizes, resolution):  # numba-compiled by f
     return i, j, side, side
 
 
-def _resize_random_crop(height, width, fraction, _):  # numba-compiled by ffcv
+def _center_random_crop(height, width, fraction, _):  # numba-compiled by ffcv
+    # The folder loader's Resize(size) + CenterCrop(size) + RandomCrop(resolution): the central square of the shorter
+    # side, and a random square of fraction = resolution / size of its side inside it.
+    short = min(height, width)
+    side = max(1, min(int(np.round(short * fraction[0])), short))
+    i = (height - short) // 2 + np.random.randint(0, short - side + 1)
+    j = (width - short) // 2 + np.random.randint(0, short - side + 1)
+    return i, j, side, side
+
+
+def _squash_random_crop(height, width, fraction, _):  # numba-compiled by ffcv
     # The folder loader's Resize((size, size)) + RandomCrop(resolution): fraction = resolution / size of each side.
     h = max(1, min(int(np.round(height * fraction[0])), height))
     w = max(1, min(int(np.round(width * fraction[0])), width))
@@ -149,9 +160,10 @@ class ScaleJitterRGBImageDecoder(ResizedCropRGBImageDecoder):
         return _scale_jitter_crop
 
 
-class ResizeRandomCropRGBImageDecoder(ResizedCropRGBImageDecoder):
-    """AlexNet's crop as a decoder: the image resized to `size` x `size`, a random `resolution` crop of it; i.e. a
-    random (resolution / size) fraction of each side of the stored image, resized to the output size."""
+class SquashRandomCropRGBImageDecoder(ResizedCropRGBImageDecoder):
+    """The squashed form of AlexNet's crop as a decoder: the image resized to `size` x `size`, a random `resolution`
+    crop of it; i.e. a random (resolution / size) fraction of each side of the stored image, resized to the output
+    size."""
 
     def __init__(self, output_size: tuple[int, int], size: int, resolution: int) -> None:
         super().__init__(output_size)
@@ -160,7 +172,17 @@ class ResizeRandomCropRGBImageDecoder(ResizedCropRGBImageDecoder):
 
     @property
     def get_crop_generator(self) -> Callable:
-        return _resize_random_crop
+        return _squash_random_crop
+
+
+class CenterRandomCropRGBImageDecoder(SquashRandomCropRGBImageDecoder):
+    """AlexNet's crop (Sec. 2 and 4.1) as a decoder: the shorter side resized to `size`, the central `size` x `size`
+    square, a random `resolution` crop of it; i.e. a random square of (resolution / size) of the shorter side inside
+    the stored image's central square, resized to the output size."""
+
+    @property
+    def get_crop_generator(self) -> Callable:
+        return _center_random_crop
 
 
 def _describe(requirements: Mapping[str, Mapping[int, Any]]) -> tuple:

@@ -1,19 +1,25 @@
 """Training augmentation as the papers describe it, from torchvision's and timm's transforms.
 
-One pipeline, read top-down: crop, flip, policy (AutoAugment), colour, to tensor, lighting, normalise.
+One pipeline, read top-down: crop, flip, policy (AutoAugment), rotation, colour, to tensor, lighting, normalise.
 
 Crops (`crop`):
 - `random_resized`: a crop of `scale` of the area and `ratio` aspect, resized to the resolution (Szegedy et al.
   2015, Sec. 6; the common ImageNet crop);
 - `scale_jitter`: the shorter side resized to an integer drawn uniformly from `jitter_sizes`, then a random square
   crop (VGG, Simonyan & Zisserman 2015, Sec. 3.1: S in [256, 512]; ResNet, He et al. 2016, Sec. 3.4: [256, 480]);
-- `resize_random`: the image resized to a `resize` x `resize` square, then a random crop (AlexNet, Sec. 2 and 4.1:
-  256 x 256 images, random 224 patches).
+- `center_random`: the shorter side resized to `resize`, the central `resize` x `resize` square kept, then a random
+  crop (AlexNet, Sec. 2: "rescaled the image such that the shorter side was of length 256, and then cropped out the
+  central 256x256 patch"; Sec. 4.1: random 224 x 224 patches of those and their reflections);
+- `squash_random`: the whole image resized (squashed, aspect not kept) to a `resize` x `resize` square, then a random
+  crop (the common realisation of AlexNet's crop in reimplementations; not the paper's).
 Pixel sizes (`jitter_sizes`, `resize`) are the papers' for 224-px crops and scale with the resolution (at 112 px,
 [256, 512] becomes [128, 256]), so a recipe keeps its proportions on small images such as the bundled sample set.
 
-Colour: `color_jitter` (brightness, contrast, saturation[, hue]; torchvision's ColorJitter applies them in random
-order, like the Inception code's photometric distortions); `lighting_std` (AlexNet's PCA colour noise, Sec. 4.1);
+Rotation: `rotation` (degrees; each image turned by an angle drawn uniformly from [-rotation, rotation] about its
+centre, corners filled with black: Darknet's classifier training, YOLO9000 Sec. 3).
+Colour: `color_jitter` (brightness, contrast, saturation[, hue]; each a number v, the factor range [1 - v, 1 + v]
+(hue: [-v, v]), or a [min, max] pair; torchvision's ColorJitter applies them in random order, like the Inception
+code's photometric distortions); `lighting_std` (AlexNet's PCA colour noise, Sec. 4.1);
 `auto_augment` (a timm policy string: "original" is the AutoAugment paper's ImageNet policy, EfficientNet's
 TensorFlow code used "v0").
 """
@@ -31,7 +37,7 @@ from timm.data.transforms import str_to_interp_mode
 
 from trainer.errors import ConfigError
 
-CROPS = ("random_resized", "scale_jitter", "resize_random")
+CROPS = ("random_resized", "scale_jitter", "center_random", "squash_random")
 PAPER_RESOLUTION = 224  # the crop the papers' pixel sizes belong to
 
 # AlexNet's PCA lighting: eigenvalues and eigenvectors of the RGB covariance of ImageNet training pixels (values
@@ -84,6 +90,31 @@ class ScaleJitter:
         return f"ScaleJitter({self.low}, {self.high})"
 
 
+def rotation_degrees(value: Any) -> float:
+    """`augment.rotation`: the largest angle, in degrees, of the random rotation."""
+    degrees = float(value)
+    if not 0.0 <= degrees <= 180.0:
+        raise ConfigError(f"augment.rotation={value} is not an angle in [0, 180] degrees")
+    return degrees
+
+
+def jitter_values(jitter: Any) -> list[float | tuple[float, float]]:
+    """`augment.color_jitter` as ColorJitter's arguments: one number (brightness, contrast, saturation), or 3-4
+    entries, each a number or a [min, max] pair."""
+    values = [jitter] * 3 if isinstance(jitter, (int, float)) else list(jitter)
+    if len(values) not in (3, 4):
+        raise ConfigError(f"augment.color_jitter={values}: give brightness, contrast, saturation[, hue]")
+    out: list[float | tuple[float, float]] = []
+    for value in values:
+        if isinstance(value, (int, float)):
+            out.append(float(value))
+        elif len(value) == 2 and float(value[0]) <= float(value[1]):
+            out.append((float(value[0]), float(value[1])))
+        else:
+            raise ConfigError(f"augment.color_jitter={values}: each entry is a number or a [min, max] pair")
+    return out
+
+
 def _scaled(size: float, resolution: int) -> int:
     return max(round(size * resolution / PAPER_RESOLUTION), resolution)
 
@@ -113,7 +144,10 @@ def build_train_transform(
     elif crop == "scale_jitter":
         low, high = (_scaled(s, resolution) for s in augment["jitter_sizes"])
         steps = [ScaleJitter(low, high, interp), T.RandomCrop(resolution)]
-    elif crop == "resize_random":
+    elif crop == "center_random":
+        size = _scaled(augment["resize"], resolution)
+        steps = [T.Resize(size, interpolation=interp), T.CenterCrop(size), T.RandomCrop(resolution)]
+    elif crop == "squash_random":
         size = _scaled(augment["resize"], resolution)
         steps = [T.Resize((size, size), interpolation=interp), T.RandomCrop(resolution)]
     else:
@@ -122,12 +156,11 @@ def build_train_transform(
         steps.append(T.RandomHorizontalFlip(augment["hflip"]))
     if augment.get("auto_augment"):
         steps.append(_policy(str(augment["auto_augment"]), resolution, mean))
+    if augment.get("rotation"):
+        steps.append(T.RandomRotation(rotation_degrees(augment["rotation"]), interpolation=interp, fill=0))
     jitter = augment.get("color_jitter")
     if jitter:
-        jitter = [float(jitter)] * 3 if isinstance(jitter, (int, float)) else [float(j) for j in jitter]
-        if len(jitter) not in (3, 4):
-            raise ConfigError(f"augment.color_jitter={jitter}: give brightness, contrast, saturation[, hue]")
-        steps.append(T.ColorJitter(*jitter))
+        steps.append(T.ColorJitter(*jitter_values(jitter)))
     steps.append(T.ToTensor())
     if augment.get("lighting_std"):
         steps.append(Lighting(float(augment["lighting_std"])))

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
         "family",
         "paper",
         "params (M)",
+        "aux (M)",
         "GMACs",
         "resolution",
         "crop",
@@ -33,12 +34,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in list_models(args.pattern):
         e = get_entry(name)
         top1 = f"{e.top1:.2f} ({e.protocol})" if e.top1 is not None else "-"
-        params, macs = complexity(name)  # measured, not stored
+        params, aux, macs = complexity(name)  # measured, not stored: the inference network, auxiliary heads apart
         table.add_row(
             name,
             e.family,
             f"{e.paper.authors.split(',')[0]} et al. {e.paper.year}",
             f"{params / 1e6:.2f}",
+            f"{aux / 1e6:.2f}" if aux else "-",
             f"{macs / 1e9:.2f}",
             str(e.resolution),
             f"{e.crop_ratio:g}",

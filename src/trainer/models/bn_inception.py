@@ -260,7 +260,7 @@ register(
         family="bn_inception",
         paper=PAPER,
         params=11_278_528,
-        recipe="inception_v3",
+        recipe="bn_inception",
         min_resolution=32,
         top1=74.8,
         top5=92.18,

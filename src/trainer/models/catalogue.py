@@ -2,7 +2,8 @@
 
 Each entry names a timm model (timm's own, or one of ours registered into timm) and carries the paper's facts:
 title, year, arXiv id, input resolution and eval crop ratio, the reported top-1/top-5 and how they were measured,
-the family's recipe, and the parameter count (checked against the built model by the tests).
+the family's recipe, and the parameter count (checked against the built model by the tests): the inference
+network's, as the papers count it, with the auxiliary heads' (GoogLeNet, NASNet-A) separately in `aux_params`.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class ModelEntry:
     builder: str  # a name in timm's registry; our own models are registered there too
     family: str
     paper: Paper
-    params: int  # at 1000 classes; the tests build the model and compare
+    params: int  # the inference network's at 1000 classes, as the papers count (the aux_logits=False build)
     recipe: str  # the file in recipes/ that trains it the way the paper did
     resolution: int = 224
     crop_ratio: float = 0.875  # eval: resize shorter side to resolution / crop_ratio, then center crop
@@ -65,6 +66,7 @@ class ModelEntry:
     protocol: str = "1-crop"  # how the paper measured top1/top5
     source: str = "timm"  # "timm" (timm implements the paper's network) or "own" (written here)
     notes: str = ""
+    aux_params: int = 0  # the auxiliary heads' parameters in the default build (training only; the papers omit them)
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     # input defaults that depend on the constructor arguments (compound scaling's resolution): kwargs -> overrides
     data_defaults_from_kwargs: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None

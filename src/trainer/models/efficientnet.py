@@ -2,9 +2,11 @@
 (arXiv:1905.11946).
 
 B0-B7 are timm's `tf_efficientnet_b*`: the paper's networks with TensorFlow's "SAME" padding and BN epsilon (1e-3),
-the form the official weights were trained in. Each entry keeps the authors' hand-set width / depth / resolution /
-dropout (the paper's Table 2 models; the official `efficientnet_params`), not the pure compound formula: B1-B7 were
-rounded by hand (B1 is width 1.0, depth 1.1 at 240 px, where phi=1 of the formula gives 1.1 / 1.2 / 258 px).
+the form the official weights were trained in, built with the paper's BN momentum (Sec. 5.2: 0.99 in TensorFlow's
+convention, 0.01 in PyTorch's; timm's default would be 0.1). Each entry keeps the authors' hand-set width / depth /
+resolution / dropout (the paper's Table 2 models; the official `efficientnet_params`), not the pure compound
+formula: B1-B7 were rounded by hand (B1 is width 1.0, depth 1.1 at 240 px, where phi=1 of the formula gives
+1.1 / 1.2 / 258 px).
 Entries also carry the paper's head dropout (0.2 ... 0.5) and drop-connect rate 0.2 (Sec. 5.2) as model kwargs.
 Eval: bicubic resize and centre crop resolution / (resolution + 32), the official preprocessing's CROP_PADDING.
 
@@ -37,6 +39,9 @@ from trainer.models.catalogue import ModelEntry, Paper, register
 BASE_RESOLUTION = 224  # B0
 DROPOUT = (0.2, 0.2, 0.3, 0.3, 0.4, 0.4, 0.5, 0.5)  # head dropout of B0..B7
 DROP_CONNECT = 0.2  # Sec. 5.2: stochastic depth, survival probability 0.8, for every model
+# Sec. 5.2: "batch norm momentum 0.99", TensorFlow's decay of the running averages; PyTorch's momentum is the weight
+# of the new batch, 1 - 0.99 (timm's default is PyTorch's 0.1). Epsilon 1e-3 is timm's tf_ form (BN_EPS_TF_DEFAULT).
+BN_MOMENTUM = 0.01  # 1 - 0.99
 
 
 PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", "Tan, Le", 2019, "1905.11946")
@@ -78,6 +83,7 @@ def efficientnet(
     kwargs.setdefault("drop_rate", DROPOUT[min(round(phi), len(DROPOUT) - 1)])
     kwargs.setdefault("drop_path_rate", DROP_CONNECT)
     kwargs.setdefault("bn_eps", BN_EPS_TF_DEFAULT)  # the TF form, as tf_efficientnet_b*
+    kwargs.setdefault("bn_momentum", BN_MOMENTUM)
     kwargs.setdefault("pad_type", "same")
     model = _gen_efficientnet(
         f"efficientnet_phi{phi:g}",
@@ -168,8 +174,11 @@ for _i, (_params, _resolution, _top1, _top5) in enumerate(
             top1=_top1,
             top5=_top5,
             protocol="1-crop (Table 2)",
-            notes="timm's tf_efficientnet (TF 'SAME' padding, BN eps 1e-3); dropout and drop-connect as the paper",
-            kwargs={"drop_rate": DROPOUT[_i], "drop_path_rate": DROP_CONNECT},
+            notes=(
+                "timm's tf_efficientnet (TF 'SAME' padding); BN momentum 0.99 (PyTorch's 0.01) and eps 1e-3, dropout "
+                "and drop-connect as the paper (Sec. 5.2)"
+            ),
+            kwargs={"drop_rate": DROPOUT[_i], "drop_path_rate": DROP_CONNECT, "bn_momentum": BN_MOMENTUM},
         )
     )
 

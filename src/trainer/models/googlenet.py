@@ -380,7 +380,8 @@ register(
         builder="googlenet",
         family="googlenet",
         paper=PAPER,
-        params=13_378_280,
+        params=6_998_552,  # the paper's "about 6.8 M" network; the two heads add 6,379,728 (13.38 M in all)
+        aux_params=6_379_728,
         recipe="googlenet",
         min_resolution=79,  # the aux heads' 5x5/3 pool needs a 5x5 map on stage 4 (eval alone runs smaller)
         top1=None,
@@ -388,7 +389,7 @@ register(
         protocol="1 model, 1 crop (Table 3: 10.07% top-5 error; no top-1 given)",
         source="own",
         notes=(
-            "params with both auxiliary heads (default; aux_logits=False: 6,998,552); plain 7x7 conv1 with LRN as "
+            "built with both auxiliary heads (aux params; aux_logits=False drops them); plain 7x7 conv1 with LRN as "
             "Fig. 3 (Table 1's 2.7K/34M conv1 row is a separable 7x7)"
         ),
     )

@@ -1,7 +1,10 @@
 """Inception v3, Szegedy, Vanhoucke, Ioffe, Shlens & Wojna, "Rethinking the Inception Architecture for Computer
 Vision", CVPR 2016 (arXiv:1512.00567).
 
-timm implements the paper's network (the TF-slim/torchvision layout), so the catalogue uses timm's `inception_v3`.
+The catalogue uses timm's `inception_v3`, the TF-slim release (as torchvision's), which is not exactly the paper's
+Figure 5 / Table 1 network: Mixed_5b has a 5x5 branch (the paper factorises 5x5 into two 3x3, Figure 5), the stem
+differs from Table 1's, and the auxiliary head's FC has no batch norm (the paper's "BN-auxiliary", Table 3, has it;
+the head's convolutions are batch-normalised). The paper's figures belong to its network, not exactly to this one.
 The auxiliary classifier (Sec. 4) is off in the default build: `entry.params` counts the network without it
 (23,834,568; timm's 23.8 M), not torchvision's 27.16 M, which includes the aux head's 3.33 M. Build it with
 `create_model("inception_v3", aux_logits=True)`: in train mode the model then returns (logits, aux_logits); in eval
@@ -31,6 +34,9 @@ register(
         top1=78.8,
         top5=94.4,
         protocol="1-crop (Table 3)",
-        notes="params without the aux head (aux_logits=True adds it: torchvision's 27.16 M); unpadded stem convs",
+        notes=(
+            "TF-slim's release, not exactly the paper's Fig. 5 / Table 1: 5x5 branch in Mixed_5b, another stem, no BN "
+            "on the aux head's FC (not the paper's BN-auxiliary); aux_logits=True adds the head (3.33 M)"
+        ),
     )
 )

@@ -42,7 +42,7 @@ checks the outputs agree). The catalogue's `nasnet_a_large` is that network with
 drop-path (timm's own has neither; `model=timm/nasnetalarge` still builds it). `checkpoint_filter_fn` maps the Cadene
 port's NASNet-A Mobile cell numbering (cell_6..9, cell_12..15) to TF-slim's contiguous one.
 Eval: 0.875 centre crop and [-1, 1] input scaling (TF-slim's inception preprocessing). `entry.params` counts the
-default build, with the auxiliary head; without it the network has the paper's 5.3 M.
+inference network, the paper's 5.3 M / 88.9 M; `entry.aux_params` the auxiliary head the default build adds.
 """
 
 import math
@@ -419,7 +419,8 @@ register(
         builder="nasnet_a_large",
         family="nasnet",
         paper=PAPER,
-        params=93_320_934,
+        params=88_753_150,  # Table 2: 88.9 M; the auxiliary head adds 4,567,784 (93.32 M in all)
+        aux_params=4_567_784,
         recipe="nasnet",
         resolution=331,
         min_resolution=67,  # the auxiliary head's unpadded 5x5 pool needs a 5x5 map at stride 16
@@ -429,7 +430,7 @@ register(
         source="own",
         notes=(
             "timm's nasnetalarge cells (88.75 M parameters, its weights load) plus the paper's auxiliary head and "
-            "drop-path; params with the auxiliary head (aux_logits=False: 88.75 M); model=timm/nasnetalarge for timm's"
+            "drop-path (built with the auxiliary head: aux params); model=timm/nasnetalarge for timm's"
         ),
     )
 )
@@ -440,13 +441,14 @@ register(
         builder="nasnet_a_mobile",
         family="nasnet",
         paper=PAPER,
-        params=7_701_218,
+        params=5_289_978,  # Table 2: 5.3 M; the auxiliary head adds 2,411,240 (7.70 M in all)
+        aux_params=2_411_240,
         recipe="nasnet",
         min_resolution=67,  # the auxiliary head's unpadded 5x5 pool needs a 5x5 map at stride 16
         top1=74.0,
         top5=91.6,
         protocol="1-crop (Table 2)",
         source="own",
-        notes="params with the auxiliary head (aux_logits=False: the paper's 5.3 M); TF-slim's mobile config",
+        notes="built with the auxiliary head (aux params; aux_logits=False drops it); TF-slim's mobile config",
     )
 )

@@ -51,6 +51,26 @@ def set_drop_path_mode(model: nn.Module, mode: str) -> nn.Module:
     return model
 
 
+def add_missing_drop_paths(model: nn.Module) -> int:
+    """Give every residual block a `BatchDropPath` where it has none, so that the linear rule covers all L blocks.
+
+    timm builds no drop-path module where its own rate is 0 (the first block: `drop_path` is None or an Identity);
+    the paper numbers the blocks l = 1..L and drops the first with 1 - p_1 = (1 / L)(1 - p_L). A block is a module
+    with a `drop_path` attribute that is applied to its residual branch (timm's `has_skip=False` blocks have no
+    shortcut to fall back on and are left alone). Returns how many modules were added (survival probability 1 until
+    `apply_linear_decay` sets it)."""
+    added = 0
+    for module in list(model.modules()):
+        if not hasattr(module, "drop_path") or getattr(module, "has_skip", True) is False:
+            continue
+        current = module.drop_path
+        if current is None or type(current) is nn.Identity:
+            module.drop_path = BatchDropPath(1.0)
+            module.drop_path.train(module.training)
+            added += 1
+    return added
+
+
 def apply_linear_decay(model: nn.Module, final_survival_prob: float, num_blocks: int | None = None) -> list[float]:
     """Set the drop-path modules' survival probabilities by the paper's linear-decay rule; returns them.
 
