@@ -108,8 +108,8 @@ def test_fractalnet34_params_and_macs_by_hand() -> None:
 def test_cifar_head_pools_after_the_last_block() -> None:
     model = meta_model("fractalnet20_cifar")
     assert isinstance(model.final_pool, nn.MaxPool2d)  # Sec. 4: a 2x2 max-pool after every block, 32 -> 1 px
-    features = model.forward_features(torch.empty(1, 3, 32, 32, device="meta"))
-    assert features.shape == (1, 512, 2, 2) and model.final_pool(features).shape == (1, 512, 1, 1)
+    features, blocks = model.forward_intermediates(torch.empty(1, 3, 32, 32, device="meta"))
+    assert blocks[-1].shape == (1, 512, 2, 2) and features.shape == (1, 512, 1, 1)  # the pool ends the trunk
 
 
 # --- join and the expansion rule --------------------------------------------------------------------------------

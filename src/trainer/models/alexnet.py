@@ -13,9 +13,13 @@ The paper's network, not torchvision's single-tower variant (64-192-384-256-256)
 Readings where the paper is ambiguous: the input is 224x224 with padding 2 on conv1, which gives the paper's 55x55
 maps (the paper's 224 only works out with 227 or padding). An adaptive average pool to 6x6 sits before FC6: it is
 the identity at 224 and lets the network run at smaller test resolutions.
-"""
 
-from __future__ import annotations
+timm's interface: the classifier has layers after the pooling (FC6, FC7), as timm's VGG has (its `pre_logits`
+ConvMlp). As in VGG, they belong to the head: `num_features` is pool5's 256 channels, `head_hidden_size` FC7's 4096,
+and `reset_classifier(0)` / `forward_head(x, pre_logits=True)` give FC7's output. Where timm's VGG keeps FC6 and FC7
+(as convolutions) when the pooling is removed, here they are linear layers that need the pooled 6x6 map, so
+`global_pool=''` removes the whole head: the model returns pool5's unpooled map (`forward_features`, 6x6 at 224).
+"""
 
 from collections import OrderedDict
 from typing import Any
@@ -24,8 +28,12 @@ import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.layers import LocalResponseNorm
+from trainer.models.stages import StagedModel
+
+POOLS = ("avg", "")  # the paper's 6x6 average pool before FC6, or none (no head at all)
 
 
 def _conv(
@@ -35,7 +43,7 @@ def _conv(
     return nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding, groups=groups)
 
 
-class AlexNet(nn.Module):
+class AlexNet(StagedModel, nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
@@ -45,11 +53,13 @@ class AlexNet(nn.Module):
         widths: tuple[int, ...] = (96, 256, 384, 384, 256),
         hidden_size: int = 4096,
         act_layer: type[nn.Module] = nn.ReLU,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         c1, c2, c3, c4, c5 = widths
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         self.stem = nn.Sequential(
             OrderedDict(
                 conv=_conv(in_chans, c1, 11, stride=4, padding=2),  # 224 -> 55x55
@@ -86,7 +96,8 @@ class AlexNet(nn.Module):
             dict(num_chs=c5, reduction=16, module="stages.1"),
             dict(num_chs=c5, reduction=32, module="stages.2"),
         ]
-        self.global_pool = nn.AdaptiveAvgPool2d((6, 6))  # identity at 224 (pool5 is 6x6 there)
+        self.global_pool: nn.Module = nn.AdaptiveAvgPool2d((6, 6))  # identity at 224 (pool5 is 6x6 there)
+        self.use_head = True  # False: global_pool='' (no pooling, so no FC6-FC8 either)
         self.pre_logits = nn.Sequential(
             OrderedDict(
                 flatten=nn.Flatten(1),
@@ -101,6 +112,14 @@ class AlexNet(nn.Module):
         self.head_hidden_size = hidden_size
         self.fc = nn.Linear(hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
+        self._set_pool(global_pool, num_classes)
+
+    def _set_pool(self, global_pool: str, num_classes: int) -> None:
+        if global_pool not in POOLS:
+            raise ConfigError(f"alexnet: global_pool={global_pool!r} is not one of 'avg' (the paper's 6x6) or ''")
+        if not global_pool and num_classes > 0:
+            raise ConfigError("alexnet: global_pool='' leaves FC6-FC8 no input; it needs num_classes=0")
+        self.use_head = bool(global_pool)
 
     def _init_weights(self) -> None:
         ones = {
@@ -120,13 +139,25 @@ class AlexNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new FC8 for `num_classes` (0: none); `global_pool=''` also removes the pooling and FC6-FC7."""
+        self._set_pool(("avg" if self.use_head else "") if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.stem, *self.stages]
+
+    def feature_ends(self) -> list[int]:
+        return [0, 1, 2, 3]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.use_head:
+            return x
         x = self.pre_logits(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
@@ -144,8 +175,19 @@ def _create_alexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> Al
     )
 
 
+PAPER = Paper("ImageNet Classification with Deep Convolutional Neural Networks", "Krizhevsky, Sutskever, Hinton", 2012)
+
+
 default_cfgs = generate_default_cfgs(
-    {"alexnet": pretrained_cfg(pool_size=(6, 6), first_conv="stem.conv", classifier="fc", paper_ids="NeurIPS 2012")}
+    {
+        "alexnet": pretrained_cfg(
+            pool_size=(6, 6),
+            first_conv="stem.conv",
+            classifier="fc",
+            paper_ids="NeurIPS 2012",
+            paper_name=PAPER.title,
+        )
+    }
 )
 
 
@@ -154,8 +196,6 @@ def alexnet(pretrained: bool = False, **kwargs: Any) -> AlexNet:
     """AlexNet (Krizhevsky et al. 2012), the paper's two-tower network; `groups=1` for one tower."""
     return _create_alexnet("alexnet", pretrained, **kwargs)
 
-
-PAPER = Paper("ImageNet Classification with Deep Convolutional Neural Networks", "Krizhevsky, Sutskever, Hinton", 2012)
 
 register(
     ModelEntry(

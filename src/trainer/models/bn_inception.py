@@ -33,19 +33,19 @@ Accuracy: the single network, single crop, of Figure 4 (ensemble table, Sec. 4.2
 error, i.e. 74.8 / 92.18 (the same 74.8% top-1 as BN-x30's maximum validation accuracy in Sec. 4.2.2).
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.googlenet import ConvBlock
+from trainer.models.stages import StagedModel
 
 # Figure 5: module -> (#1x1, #3x3 reduce, #3x3, double #3x3 reduce, double #3x3, pool, pool proj, stride);
 # stride-2 modules have no 1x1 branch and pass the max-pooled input through (proj 0)
@@ -126,11 +126,12 @@ class InceptionBN(nn.Module):
         self.out_chs = ch1x1 + ch3x3 + dbl3x3 + (pool_proj or in_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = [self.branch2(x), self.branch3(x), self.branch4(x)]
-        return torch.cat(branches if self.branch1 is None else [self.branch1(x), *branches], 1)
+        if self.branch1 is None:
+            return torch.cat([self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
 
 
-class BNInception(nn.Module):
+class BNInception(StagedModel, nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
@@ -139,6 +140,7 @@ class BNInception(nn.Module):
         separable_stem: bool = True,
         norm_layer: Callable[[int], nn.Module] = partial(nn.BatchNorm2d, eps=0.001),
         act_layer: type[nn.Module] = nn.ReLU,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if not 0.0 <= drop_rate < 1.0:
@@ -147,6 +149,7 @@ class BNInception(nn.Module):
             raise ConfigError(f"bn_inception: num_classes={num_classes}, in_chans={in_chans} must be >= 0 and >= 1")
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         conv_block = partial(ConvBlock, norm_layer=norm_layer, act_layer=act_layer)
 
         stem_conv = (
@@ -164,7 +167,8 @@ class BNInception(nn.Module):
             chs = block.out_chs
         self.num_features = self.head_hidden_size = chs  # 1024
 
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # Figure 5's 7x7 average pool at 224
+        # Figure 5's 7x7 average pool at 224
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [
@@ -186,19 +190,27 @@ class BNInception(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new classifier for `num_classes` (only the paper's average pooling exists)."""
+        """A new classifier for `num_classes`; `global_pool` as timm's ('' for none)."""
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def trunk(self) -> list[nn.Module]:
+        stem = [self.conv1, self.maxpool1, self.conv2, self.conv3, self.maxpool2]
+        return stem + [getattr(self, f"inception{stage}") for stage in INCEPTION_CHANNELS]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         x = self.maxpool1(self.conv1(x))
         x = self.maxpool2(self.conv3(self.conv2(x)))
-        for stage in INCEPTION_CHANNELS:
-            x = getattr(self, f"inception{stage}")(x)
-        return x
+        x = self.inception3c(self.inception3b(self.inception3a(x)))
+        x = self.inception4e(self.inception4d(self.inception4c(self.inception4b(self.inception4a(x)))))
+        return self.inception5b(self.inception5a(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(torch.flatten(self.global_pool(x), 1))
+        x = self.head_drop(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,8 +227,23 @@ def _create_bn_inception(variant: str, pretrained: bool = False, **kwargs: Any) 
     )
 
 
+PAPER = Paper(
+    "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate Shift",
+    "Ioffe, Szegedy",
+    2015,
+    "1502.03167",
+)
+
+
 default_cfgs = generate_default_cfgs(
-    {"bn_inception": pretrained_cfg(first_conv="conv1.conv", classifier="fc", paper_ids="arXiv:1502.03167")}
+    {
+        "bn_inception": pretrained_cfg(
+            first_conv="conv1.conv",
+            classifier="fc",
+            paper_ids="arXiv:1502.03167",
+            paper_name=PAPER.title,
+        )
+    }
 )
 
 
@@ -225,13 +252,6 @@ def bn_inception(pretrained: bool = False, **kwargs: Any) -> BNInception:
     """BN-Inception (Ioffe & Szegedy 2015), the Appendix's network with its separable first convolution."""
     return _create_bn_inception("bn_inception", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate Shift",
-    "Ioffe, Szegedy",
-    2015,
-    "1502.03167",
-)
 
 register(
     ModelEntry(

@@ -30,8 +30,6 @@ those settings are Darknet's ImageNet classifier recipe published with Darknet-1
 decay of power 4, weight decay 5e-4, momentum 0.9). So both name the `darknet19` recipe.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
@@ -39,11 +37,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct
+from timm.layers import ConvNormAct, SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
+from trainer.models.stages import StagedModel
 
 # Table 6: (filters, kernel size) of the convolutions of each stage; a 2x2/2 max-pool starts every stage but the first
 DARKNET19_STAGES: tuple[tuple[tuple[int, int], ...], ...] = (
@@ -57,7 +56,7 @@ DARKNET19_STAGES: tuple[tuple[tuple[int, int], ...], ...] = (
 LEAKY_SLOPE = 0.1  # Darknet's `leaky` activation
 
 
-class Darknet19(nn.Module):
+class Darknet19(StagedModel, nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
@@ -65,12 +64,14 @@ class Darknet19(nn.Module):
         drop_rate: float = 0.0,
         act_layer: Callable[..., nn.Module] = partial(nn.LeakyReLU, negative_slope=LEAKY_SLOPE),
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if not 0.0 <= drop_rate < 1.0:
             raise ConfigError(f"darknet19: drop_rate={drop_rate} is outside [0, 1)")
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         conv = partial(ConvNormAct, act_layer=act_layer, norm_layer=norm_layer)
         ((chs, kernel_size),) = DARKNET19_STAGES[0]
         self.stem = conv(in_chans, chs, kernel_size)  # full resolution
@@ -87,7 +88,7 @@ class Darknet19(nn.Module):
         self.num_features = self.head_hidden_size = chs
         self.head_drop = nn.Dropout(drop_rate)  # Darknet-19 has none; kept for the common interface
         self.fc = self._classifier(num_classes)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self._init_weights()
 
     def _classifier(self, num_classes: int) -> nn.Module:
@@ -107,15 +108,25 @@ class Darknet19(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = self._classifier(num_classes)
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.stem, *self.stages]
+
+    def feature_ends(self) -> list[int]:
+        return list(range(1, len(self.stages) + 1))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if pre_logits:
-            return torch.flatten(self.global_pool(x), 1)
-        return torch.flatten(self.global_pool(self.fc(self.head_drop(x))), 1)
+            return self.global_pool(x)
+        return self.global_pool(self.fc(self.head_drop(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -131,6 +142,10 @@ def _create_darknet19(variant: str, pretrained: bool = False, **kwargs: Any) -> 
     )
 
 
+PAPER_YOLOV2 = Paper("YOLO9000: Better, Faster, Stronger", "Redmon, Farhadi", 2017, "1612.08242")
+PAPER = Paper("YOLOv3: An Incremental Improvement", "Redmon, Farhadi", 2018, "1804.02767")
+
+
 default_cfgs = generate_default_cfgs(
     {
         "darknet19": pretrained_cfg(
@@ -140,6 +155,7 @@ default_cfgs = generate_default_cfgs(
             first_conv="stem.conv",
             classifier="fc",
             paper_ids="arXiv:1612.08242",
+            paper_name=PAPER_YOLOV2.title,
         )
     }
 )
@@ -150,9 +166,6 @@ def darknet19(pretrained: bool = False, **kwargs: Any) -> Darknet19:
     """Darknet-19 (YOLO9000, Table 6)."""
     return _create_darknet19("darknet19", pretrained, **kwargs)
 
-
-PAPER_YOLOV2 = Paper("YOLO9000: Better, Faster, Stronger", "Redmon, Farhadi", 2017, "1612.08242")
-PAPER = Paper("YOLOv3: An Incremental Improvement", "Redmon, Farhadi", 2018, "1804.02767")
 
 register(
     ModelEntry(

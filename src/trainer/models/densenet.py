@@ -10,8 +10,6 @@ configuration (6, 12, 64, 48), k=32 and the plain stem. Accuracies: Table 3, sin
 paper's Table 1 or Table 3: it comes from the authors' released models, so it has no paper accuracy here.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from timm.models import generate_default_cfgs, register_model
@@ -19,8 +17,18 @@ from timm.models.densenet import DenseNet, _create_densenet
 
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 
+PAPER = Paper("Densely Connected Convolutional Networks", "Huang, Liu, van der Maaten, Weinberger", 2017, "1608.06993")
+
+
 default_cfgs = generate_default_cfgs(
-    {"densenet264": pretrained_cfg(first_conv="features.conv0", classifier="classifier", paper_ids="arXiv:1608.06993")}
+    {
+        "densenet264": pretrained_cfg(
+            first_conv="features.conv0",
+            classifier="classifier",
+            paper_ids="arXiv:1608.06993",
+            paper_name=PAPER.title,
+        )
+    }
 )
 
 
@@ -30,8 +38,6 @@ def densenet264(pretrained: bool = False, **kwargs: Any) -> DenseNet:
     model_args = dict(growth_rate=32, block_config=(6, 12, 64, 48), stem_type="")
     return _create_densenet("densenet264", pretrained=pretrained, **dict(model_args, **kwargs))
 
-
-PAPER = Paper("Densely Connected Convolutional Networks", "Huang, Liu, van der Maaten, Weinberger", 2017, "1608.06993")
 
 # name, params at 1000 classes, paper top-1 / top-5 (single crop), source
 for _name, _params, _top1, _top5, _source in (

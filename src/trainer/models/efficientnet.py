@@ -23,8 +23,6 @@ arguments; its data defaults, resolution and crop, follow from them). `base_reso
 a small data set scales from that set's own size (the sample set's 32 px) instead.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -46,6 +44,9 @@ DROP_CONNECT = 0.2  # Sec. 5.2: stochastic depth, survival probability 0.8, for 
 BN_MOMENTUM = 0.01  # 1 - 0.99
 
 
+PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", "Tan, Le", 2019, "1905.11946")
+
+
 def _cfg(resolution: int) -> dict[str, Any]:
     return {
         "url": "",
@@ -59,6 +60,7 @@ def _cfg(resolution: int) -> dict[str, Any]:
         "first_conv": "conv_stem",
         "classifier": "classifier",
         "paper_ids": "arXiv:1905.11946",
+        "paper_name": PAPER.title,
     }
 
 
@@ -144,8 +146,6 @@ def compound_data_defaults(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     padding = 32 * given.get("base_resolution", BASE_RESOLUTION) / BASE_RESOLUTION
     return {"resolution": resolution, "crop_ratio": resolution / (resolution + padding)}
 
-
-PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", "Tan, Le", 2019, "1905.11946")
 
 # B<i>: params at 1000 classes, resolution, paper top-1 / top-5 (Table 2)
 for _i, (_params, _resolution, _top1, _top5) in enumerate(

@@ -34,8 +34,6 @@ last block's dropout rate, block b of B getting drop_rate * b / (B - 1) (0.4 giv
 `block_drop_rates` sets each block's rate. timm's drop-path tools do not apply: these joins are not residual branches.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.preact_resnet import CIFAR10_MEAN, CIFAR10_STD, check_rate
+from trainer.models.stages import StagedModel
 
 
 @dataclass
@@ -89,6 +88,12 @@ class DropPathSampler(nn.Module):
         self.global_drop_ratio = global_drop_ratio
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # a scripted network draws nothing: it runs every column (see FractalBlock)
+            self._draw()
+        return x
+
+    @torch.jit.unused
+    def _draw(self) -> None:
         paths = self.paths
         paths.global_column, paths.local_drop_rate = None, 0.0
         if self.training:
@@ -96,7 +101,6 @@ class DropPathSampler(nn.Module):
                 paths.global_column = 1 + paths.randint(self.num_columns)
             else:
                 paths.local_drop_rate = self.drop_path_rate
-        return x
 
     def extra_repr(self) -> str:
         return f"drop_path_rate={self.drop_path_rate}, global_drop_ratio={self.global_drop_ratio}"
@@ -149,6 +153,8 @@ class FractalBlock(nn.Module):
         # at depth d = 1..2^(C-1), column k (0-based, spanning 2^(C-1-k) per convolution) ends a convolution,
         # its (d / span - 1)-th, wherever its span divides d
         spans = [2 ** (num_columns - 1 - k) for k in range(num_columns)]
+        self.spans = spans
+        self.scripted_column = 0  # eval_column for TorchScript (0: all columns); FractalNet.eval_column sets it
         self.schedule = [
             [(k, d // span - 1) for k, span in enumerate(spans) if d % span == 0] for d in range(1, spans[0] + 1)
         ]
@@ -168,7 +174,39 @@ class FractalBlock(nn.Module):
             return [k / sum(keep) for k in keep]
         return None
 
+    def forward_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` as TorchScript compiles it: the plain joins (no drop-path), depth by depth, with the
+        convolutions found by unrolled loops (TorchScript indexes module lists by constants only); `eval_column` is
+        the one set when the network was scripted."""
+        if not self.training and self.scripted_column > 0:
+            for k, column in enumerate(self.columns):
+                if k == self.scripted_column - 1:
+                    return column(x)
+        inputs = [x for _ in range(self.num_columns)]
+        for depth in range(1, self.spans[0] + 1):
+            outs: list[torch.Tensor] = []
+            ended: list[int] = []
+            for k, column in enumerate(self.columns):
+                if depth % self.spans[k] == 0:
+                    for i, conv in enumerate(column):
+                        if i == depth // self.spans[k] - 1:
+                            outs.append(conv(inputs[k]))
+                    ended.append(k)
+            x = outs[0]
+            for out in outs[1:]:
+                x = x + out
+            x = x / len(outs) if len(outs) > 1 else x  # join: the element-wise mean, as `join`
+            for k in ended:
+                inputs[k] = x
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.forward_scripted(x)
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.paths.eval_column is not None:
             return self.columns[self.paths.eval_column - 1](x)
         inputs = [x] * self.num_columns  # each column's input: the block's, then that of its last join
@@ -180,9 +218,11 @@ class FractalBlock(nn.Module):
         return x
 
 
-class FractalNet(nn.Module):
+class FractalNet(StagedModel, nn.Module):
     """Optional stem, B fractal blocks of C columns (`channels` gives B and the widths) joined by 2x2 max-pools,
     optional last max-pool, global average pool, classifier; drop-path drawn by `path_sampler` at the input."""
+
+    __jit_unused_properties__ = ["eval_column", "drop_path_generator"]  # Python-side settings, not for TorchScript
 
     def __init__(
         self,
@@ -223,6 +263,7 @@ class FractalNet(nn.Module):
             check_rate("fractalnet", "block_drop_rates", rate)
         self.num_classes = num_classes
         self.num_columns = num_columns
+        self.grad_checkpointing = False
         self.block_drop_rates = tuple(block_drop_rates)
         self.paths = PathChoice()
         self.eval_column = eval_column
@@ -249,8 +290,10 @@ class FractalNet(nn.Module):
             self.feature_info.append(dict(num_chs=out_chs, reduction=reduction * 2**b, module=f"stages.{b}"))
             in_chs = out_chs
         self.stages = nn.Sequential(*stages)
+        self.eval_column = eval_column  # again, now that the blocks exist (their TorchScript copy of it)
         self.num_features = self.head_hidden_size = in_chs
-        self.final_pool = nn.MaxPool2d(2, stride=2) if final_pool else nn.Identity()  # CIFAR: a pool after each block
+        # CIFAR: a pool after each block, the last one too; it ends the trunk (pretrained_cfg's pool_size is after it)
+        self.final_pool = nn.MaxPool2d(2, stride=2) if final_pool else nn.Identity()
         self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool)
         self._init_weights()
 
@@ -272,6 +315,9 @@ class FractalNet(nn.Module):
         if column is not None and not 1 <= column <= self.num_columns:
             raise ConfigError(f"fractalnet: eval_column={column} is outside 1..{self.num_columns} (num_columns)")
         self.paths.eval_column = column
+        for module in self.modules():
+            if isinstance(module, FractalBlock):
+                module.scripted_column = column or 0
 
     @property
     def drop_path_generator(self) -> torch.Generator | None:
@@ -291,11 +337,21 @@ class FractalNet(nn.Module):
         pool_type = self.global_pool.pool_type if global_pool is None else global_pool
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool_type)
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.path_sampler, self.stem, *self.stages, self.final_pool]
+
+    def feature_ends(self) -> list[int]:
+        return [2 + b for b in range(len(self.stages))]  # after the sampler and the stem
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(self.path_sampler(x)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # the sampler saves nothing for backward, so it draws once; a recomputed block redraws its local joins
+            # from the RNG state checkpointing restores, so it takes the same paths
+            return self.run_stages(x)
+        return self.final_pool(self.stages(self.stem(self.path_sampler(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(self.final_pool(x))
+        x = self.global_pool(x)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -331,9 +387,19 @@ def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) ->
     )
 
 
+PAPER = Paper(
+    "FractalNet: Ultra-Deep Neural Networks without Residuals", "Larsson, Maire, Shakhnarovich", 2017, "1605.07648"
+)
+
+
 default_cfgs = generate_default_cfgs(
     {
-        "fractalnet34": pretrained_cfg(first_conv="stem.conv", classifier="fc", paper_ids="arXiv:1605.07648"),
+        "fractalnet34": pretrained_cfg(
+            first_conv="stem.conv",
+            classifier="fc",
+            paper_ids="arXiv:1605.07648",
+            paper_name=PAPER.title,
+        ),
         **{
             name: pretrained_cfg(
                 input_size=(3, 32, 32),
@@ -344,6 +410,7 @@ default_cfgs = generate_default_cfgs(
                 first_conv="stages.0.block.columns.0.0.conv",
                 classifier="fc",
                 paper_ids="arXiv:1605.07648",
+                paper_name=PAPER.title,
             )
             for name in ("fractalnet20_cifar", "fractalnet40_cifar")
         },
@@ -368,10 +435,6 @@ def fractalnet40_cifar(pretrained: bool = False, **kwargs: Any) -> FractalNet:
     """FractalNet for CIFAR, 40 layers (Larsson et al. 2017, Sec. 4): 5 blocks of 4 columns."""
     return _create_fractalnet("fractalnet40_cifar", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "FractalNet: Ultra-Deep Neural Networks without Residuals", "Larsson, Maire, Shakhnarovich", 2017, "1605.07648"
-)
 
 register(
     ModelEntry(

@@ -38,8 +38,6 @@ torchvision's pretrained model, 6.62 M parameters); `aux_logits=True` adds them 
 torchvision's ported weights expect `transform_input=True`, i.e. inputs normalised with mean = std = 0.5.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from functools import partial
@@ -47,11 +45,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.layers import LocalResponseNorm
+from trainer.models.stages import StagedModel
 
 # Table 1: module -> (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj)
 INCEPTION_CHANNELS: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -160,7 +160,7 @@ def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
         raise ConfigError(f"googlenet: {name}={value} is not one of {', '.join(map(str, choices))}")
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(StagedModel, nn.Module):
     """GoogLeNet. The defaults build the paper's network; `_VARIANTS["googlenet_bn"]` gives torchvision's."""
 
     def __init__(
@@ -176,6 +176,7 @@ class GoogLeNet(nn.Module):
         branch3_kernel: int = 5,
         pool4_kernel: int = 3,
         aux_paper_pool: bool = True,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         _check_rate("drop_rate", drop_rate)
@@ -187,6 +188,7 @@ class GoogLeNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.aux_logits = aux_logits
+        self.grad_checkpointing = False
         conv_block = partial(ConvBlock, norm_layer=norm_layer, act_layer=act_layer)
         inception = partial(Inception, conv_block=conv_block, branch3_kernel=branch3_kernel)
 
@@ -215,7 +217,8 @@ class GoogLeNet(nn.Module):
         self.aux1: InceptionAux | None = aux(self.inception4a.out_chs, num_classes) if aux_logits else None
         self.aux2: InceptionAux | None = aux(self.inception4d.out_chs, num_classes) if aux_logits else None
 
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # Table 1's 7x7 average pool at 224
+        # Table 1's 7x7 average pool at 224
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [
@@ -248,14 +251,34 @@ class GoogLeNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New main and auxiliary classifiers for `num_classes` (only the paper's average pooling exists)."""
+        """New main and auxiliary classifiers for `num_classes`; `global_pool` as timm's ('' for none)."""
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         for head in (self.aux1, self.aux2):
             if head is not None:
                 head.fc2 = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
 
+    def trunk(self) -> list[nn.Module]:
+        names = ["conv1", "maxpool1", "norm1", "conv2", "conv3", "norm2", "maxpool2", "inception3a", "inception3b"]
+        names += ["maxpool3", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4"]
+        return [getattr(self, name) for name in (*names, "inception5a", "inception5b")]
+
+    @torch.jit.ignore
+    def _features_checkpointed(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`_features` with every trunk module recomputed in the backward pass (timm's gradient checkpointing)."""
+        aux: list[torch.Tensor] = []
+        for module in self.trunk():
+            x = checkpoint(module, x)
+            for head, after in ((self.aux1, self.inception4a), (self.aux2, self.inception4d)):
+                if with_aux and head is not None and module is after:
+                    aux.append(head(x))
+        return x, aux
+
     def _features(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._features_checkpointed(x, with_aux)
         aux: list[torch.Tensor] = []
         x = self.norm1(self.maxpool1(self.conv1(x)))
         x = self.maxpool2(self.norm2(self.conv3(self.conv2(x))))
@@ -273,14 +296,16 @@ class GoogLeNet(nn.Module):
         return self._features(x, with_aux=False)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(torch.flatten(self.global_pool(x), 1))
+        x = self.head_drop(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training with aux heads: (main, aux1, aux2) (torchvision returns (main, aux2, aux1)); else the logits."""
         x, aux = self._features(x, with_aux=self.training and self.aux_logits)
         x = self.forward_head(x)
-        return (x, *aux) if aux else x
+        if len(aux) == 2:  # a fixed-size tuple, so TorchScript can type it
+            return x, aux[0], aux[1]
+        return x
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: GoogLeNet) -> dict[str, torch.Tensor]:
@@ -315,8 +340,25 @@ def _create_googlenet(variant: str, pretrained: bool = False, **kwargs: Any) -> 
     )
 
 
+PAPER = Paper(
+    "Going Deeper with Convolutions",
+    "Szegedy, Liu, Jia, Sermanet, Reed, Anguelov, Erhan, Vanhoucke, Rabinovich",
+    2015,
+    "1409.4842",
+)
+
+
 default_cfgs = generate_default_cfgs(
-    {name: pretrained_cfg(first_conv="conv1.conv", classifier="fc", paper_ids="arXiv:1409.4842") for name in _VARIANTS}
+    {
+        name: pretrained_cfg(
+            first_conv="conv1.conv",
+            # timm's convention: every classifier, the auxiliary heads' too where the default build has them
+            classifier=("fc", "aux1.fc2", "aux2.fc2") if _VARIANTS[name].get("aux_logits", True) else "fc",
+            paper_ids="arXiv:1409.4842",
+            paper_name=PAPER.title,
+        )
+        for name in _VARIANTS
+    }
 )
 
 
@@ -331,13 +373,6 @@ def googlenet_bn(pretrained: bool = False, **kwargs: Any) -> GoogLeNet:
     """torchvision's batch-normalised GoogLeNet (3x3 in the "5x5" branch), no aux heads by default."""
     return _create_googlenet("googlenet_bn", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "Going Deeper with Convolutions",
-    "Szegedy, Liu, Jia, Sermanet, Reed, Anguelov, Erhan, Vanhoucke, Rabinovich",
-    2015,
-    "1409.4842",
-)
 
 register(
     ModelEntry(

@@ -22,8 +22,6 @@ Readings where the paper is ambiguous:
 Accuracy: Table 2, single crop, single model: 21.3 / 5.5 % top-1 / top-5 error.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -37,6 +35,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.preact_resnet import check_rate
+from trainer.models.stages import StagedModel
 
 NUM_BLOCKS = (5, 10, 5)  # Inception-ResNet-A, -B, -C (Fig. 15)
 ConvFactory = Callable[..., nn.Module]  # (in_chs, out_chs, kernel_size, stride=, padding=) -> conv, BN, ReLU
@@ -55,16 +54,20 @@ class InceptionResNetBlock(nn.Module):
         act_layer: type[nn.Module],
     ) -> None:
         super().__init__()
-        for i, branch in enumerate(branches):
-            self.add_module(f"branch{i}", branch)
-        self.num_branches = len(branches)
+        if len(branches) not in (2, 3):
+            raise ValueError(f"an Inception-ResNet block has 2 or 3 branches, not {len(branches)}")
+        self.branch0, self.branch1 = branches[:2]
+        self.branch2 = branches[2] if len(branches) == 3 else None
         self.scale = scale
         self.conv2d = nn.Conv2d(branch_chs, chs, 1)  # "1x1 Conv (Linear)": bias, no BN (Sec. 3.2)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.act = act_layer(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.cat([getattr(self, f"branch{i}")(x) for i in range(self.num_branches)], 1)
+        if self.branch2 is None:  # written out, so TorchScript compiles it
+            out = torch.cat([self.branch0(x), self.branch1(x)], 1)
+        else:
+            out = torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], 1)
         return self.act(x + self.drop_path(self.conv2d(out) * self.scale))
 
 
@@ -128,7 +131,7 @@ class ReductionB(nn.Module):
         return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
 
 
-class InceptionResNetV1(nn.Module):
+class InceptionResNetV1(StagedModel, nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
@@ -149,6 +152,7 @@ class InceptionResNetV1(nn.Module):
             )
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         # BN and ReLU after every convolution; padding 0 ("V") unless given
         conv = partial(
             ConvNormAct,
@@ -201,7 +205,13 @@ class InceptionResNetV1(nn.Module):
         pool_type = self.global_pool.pool_type if global_pool is None else global_pool
         self.global_pool, self.classif = create_classifier(self.num_features, num_classes, pool_type=pool_type)
 
+    def trunk(self) -> list[nn.Module]:
+        stem = [self.conv2d_1a, self.conv2d_2a, self.conv2d_2b, self.maxpool_3a, self.conv2d_3b, self.conv2d_4a]
+        return [*stem, self.conv2d_4b, self.repeat, self.mixed_6a, self.repeat_1, self.mixed_7a, self.repeat_2]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x)))
         x = self.conv2d_4b(self.conv2d_4a(self.conv2d_3b(self.maxpool_3a(x))))
         x = self.mixed_6a(self.repeat(x))
@@ -219,6 +229,14 @@ def _create_inception_resnet_v1(variant: str, pretrained: bool = False, **kwargs
     return build_model_with_cfg(InceptionResNetV1, variant, pretrained, **kwargs)
 
 
+PAPER = Paper(
+    "Inception-v4, Inception-ResNet and the Impact of Residual Connections on Learning",
+    "Szegedy, Ioffe, Vanhoucke, Alemi",
+    2017,
+    "1602.07261",
+)
+
+
 default_cfgs = generate_default_cfgs(
     {
         "inception_resnet_v1": pretrained_cfg(
@@ -229,6 +247,7 @@ default_cfgs = generate_default_cfgs(
             first_conv="conv2d_1a.conv",
             classifier="classif",
             paper_ids="arXiv:1602.07261",
+            paper_name=PAPER.title,
         )
     }
 )
@@ -239,13 +258,6 @@ def inception_resnet_v1(pretrained: bool = False, **kwargs: Any) -> InceptionRes
     """Inception-ResNet-v1 (Szegedy et al. 2017), Fig. 15 with the v1 stem and blocks (Figs. 10-14)."""
     return _create_inception_resnet_v1("inception_resnet_v1", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "Inception-v4, Inception-ResNet and the Impact of Residual Connections on Learning",
-    "Szegedy, Ioffe, Vanhoucke, Alemi",
-    2017,
-    "1602.07261",
-)
 
 register(
     ModelEntry(

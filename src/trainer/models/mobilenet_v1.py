@@ -16,8 +16,6 @@ Table 6: 1.0: 569, 0.75: 325, 0.5: 149, 0.25: 41 (at 224); Table 7: 224: 569, 19
 Eval crop 0.875 (TF-slim's inception preprocessing, also its [-1, 1] input scaling: timm's Inception mean/std).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
@@ -25,6 +23,13 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.efficientnet import EfficientNet, _gen_mobilenet_v1
 
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
+
+PAPER = Paper(
+    "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications",
+    "Howard, Zhu, Chen, Kalenichenko, Wang, Weyand, Andreetto, Adam",
+    2017,
+    "1704.04861",
+)
 
 
 def _cfg() -> dict[str, Any]:
@@ -35,6 +40,7 @@ def _cfg() -> dict[str, Any]:
         first_conv="conv_stem",
         classifier="classifier",
         paper_ids="arXiv:1704.04861",
+        paper_name=PAPER.title,
     )
 
 
@@ -58,13 +64,6 @@ def mobilenetv1_025(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
     """MobileNet v1, width multiplier 0.25."""
     return _gen_mobilenet_v1("mobilenetv1_025", 0.25, pretrained=pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications",
-    "Howard, Zhu, Chen, Kalenichenko, Wang, Weyand, Andreetto, Adam",
-    2017,
-    "1704.04861",
-)
 
 # width tag -> (timm builder, params at 1000 classes)
 WIDTHS = {

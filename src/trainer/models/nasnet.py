@@ -45,8 +45,6 @@ Eval: 0.875 centre crop and [-1, 1] input scaling (TF-slim's inception preproces
 inference network, the paper's 5.3 M / 88.9 M; `entry.aux_params` the auxiliary head the default build adds.
 """
 
-from __future__ import annotations
-
 import math
 import re
 from dataclasses import dataclass
@@ -57,7 +55,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import ConvNormAct, DropPath, create_classifier, create_pool2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models.nasnet import ActConvBn, BranchSeparables
 
 from trainer.errors import ConfigError
@@ -223,6 +221,7 @@ class NASNetA(nn.Module):
         if aux_logits and _stride16_size(img_size) < 5:
             raise ConfigError(f"nasnet: img_size={img_size} is too small for the auxiliary head (at least 67)")
         self.num_classes = num_classes
+        self.grad_checkpointing = False
         self.aux_logits = aux_logits  # what callers (the recipe check) read, as for timm's Inception v3
         self.skip_reduction_input = skip_reduction_input
         filters = penultimate_filters // 24
@@ -303,17 +302,25 @@ class NASNetA(nn.Module):
         if self.aux_head is not None:
             self.aux_head.fc = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each cell in the backward pass (timm's gradient checkpointing)."""
+        self.grad_checkpointing = enable
+
+    def _cell(self, cell: nn.Module, x: torch.Tensor, x_prev: torch.Tensor | None) -> torch.Tensor:
+        return checkpoint(cell, x, x_prev) if self.grad_checkpointing else cell(x, x_prev)
+
     def _forward_cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The final features and the auxiliary head's input."""
         x_prev = self.conv0(x)
-        x, x_prev = self.cell_stem_0(x_prev), x_prev
-        x, x_prev = self.cell_stem_1(x, x_prev), x
+        x, x_prev = self._cell(self.cell_stem_0, x_prev, None), x_prev
+        x, x_prev = self._cell(self.cell_stem_1, x, x_prev), x
         aux_input = None
         for name in self.cell_names:
             if name.startswith("reduction"):  # the next cell's previous input: see skip_reduction_input
-                x, x_prev = getattr(self, name)(x, x_prev), (x_prev if self.skip_reduction_input else x)
+                x, x_prev = self._cell(getattr(self, name), x, x_prev), (x_prev if self.skip_reduction_input else x)
             else:
-                x, x_prev = getattr(self, name)(x, x_prev), x
+                x, x_prev = self._cell(getattr(self, name), x, x_prev), x
             if name == self.aux_cell:
                 aux_input = x
         return self.act(x), aux_input
@@ -329,6 +336,7 @@ class NASNetA(nn.Module):
         x, aux_input = self._forward_cells(x)
         logits = self.forward_head(x)
         if self.training and self.aux_head is not None and self.num_classes > 0:  # TF-slim: only with a classifier
+            assert aux_input is not None  # the aux cell always runs; TorchScript needs the Optional refined
             return logits, self.aux_head(aux_input)
         return logits
 
@@ -356,14 +364,23 @@ def _create_nasnet(variant: str, pretrained: bool = False, **kwargs: Any) -> NAS
     )
 
 
+PAPER = Paper(
+    "Learning Transferable Architectures for Scalable Image Recognition",
+    "Zoph, Vasudevan, Shlens, Le",
+    2018,
+    "1707.07012",
+)
+
+
 default_cfgs = generate_default_cfgs(
     {
         "nasnet_a_mobile": pretrained_cfg(
             mean=IMAGENET_INCEPTION_MEAN,
             std=IMAGENET_INCEPTION_STD,
             first_conv="conv0.conv",
-            classifier="last_linear",
+            classifier=("last_linear", "aux_head.fc"),  # the main and the auxiliary head
             paper_ids="arXiv:1707.07012",
+            paper_name=PAPER.title,
         ),
         "nasnet_a_large": pretrained_cfg(
             input_size=(3, 331, 331),
@@ -371,8 +388,9 @@ default_cfgs = generate_default_cfgs(
             mean=IMAGENET_INCEPTION_MEAN,
             std=IMAGENET_INCEPTION_STD,
             first_conv="conv0.conv",
-            classifier="last_linear",
+            classifier=("last_linear", "aux_head.fc"),  # the main and the auxiliary head
             paper_ids="arXiv:1707.07012",
+            paper_name=PAPER.title,
         ),
     }
 )
@@ -394,13 +412,6 @@ def nasnet_a_large(pretrained: bool = False, **kwargs: Any) -> NASNetA:
     )
     return _create_nasnet("nasnet_a_large", pretrained, **dict(model_args, **kwargs))
 
-
-PAPER = Paper(
-    "Learning Transferable Architectures for Scalable Image Recognition",
-    "Zoph, Vasudevan, Shlens, Le",
-    2018,
-    "1707.07012",
-)
 
 register(
     ModelEntry(

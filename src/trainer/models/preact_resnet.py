@@ -30,18 +30,17 @@ accuracy, so the entries' `top1` is None and the notes give the CIFAR-10 / CIFAR
 family passes its own residual unit.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, calculate_drop_path_rates
+from timm.layers import DropPath, SelectAdaptivePool2d, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
+from trainer.models.stages import StagedModel
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -90,7 +89,7 @@ class PreActBottleneck(nn.Module):
         return self.drop_path(x) + shortcut
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedModel, nn.Module):
     """3x3 stem (16 channels), three stages of `blocks_per_stage` units at strides 1, 2, 4, final BN-ReLU, global
     average pool, classifier. `block_fn(in_chs, out_chs, stride, drop_path_rate, act_layer=, norm_layer=)` builds
     one pre-activation unit; the first unit of a stage changes width (and, after the first stage, halves the size)."""
@@ -106,9 +105,11 @@ class CifarResNet(nn.Module):
         drop_path_rate: float = 0.0,
         act_layer: type[nn.Module] = nn.ReLU,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.grad_checkpointing = False
         self.stem = nn.Conv2d(in_chans, stem_chs, 3, padding=1, bias=False)  # no BN-ReLU: the first unit has it
         rates = calculate_drop_path_rates(drop_path_rate, len(widths) * blocks_per_stage)
         in_chs, stages, self.feature_info = stem_chs, [], []
@@ -125,7 +126,7 @@ class CifarResNet(nn.Module):
         self.norm = norm_layer(in_chs)  # the final BN-ReLU: pre-activation units leave their sum unnormalised
         self.act = act_layer(inplace=True)
         self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
@@ -146,9 +147,22 @@ class CifarResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.stem, *self.stages]
+
+    def feature_ends(self) -> list[int]:
+        return [1, 2, 3]  # the three stages' outputs
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(x))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         return self.act(self.norm(self.stages(self.stem(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -170,6 +184,7 @@ class PreActResNetCifar(CifarResNet):
         drop_path_rate: float = 0.0,
         act_layer: type[nn.Module] = nn.ReLU,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        global_pool: str = "avg",
     ) -> None:
         if depth < 11 or (depth - 2) % 9:
             raise ConfigError(f"preact_resnet_cifar: depth={depth} is not 9n+2 with n >= 1 (the paper: 164, 1001)")
@@ -183,6 +198,7 @@ class PreActResNetCifar(CifarResNet):
             drop_path_rate=drop_path_rate,
             act_layer=act_layer,
             norm_layer=norm_layer,
+            global_pool=global_pool,
         )
         self.depth = depth
 
@@ -197,8 +213,12 @@ def _create_preact_resnet_cifar(variant: str, pretrained: bool = False, **kwargs
     )
 
 
-def cifar_cfg(paper_ids: str) -> dict[str, Any]:
-    """timm's pretrained_cfg for a CIFAR network: 32 px, no crop, CIFAR-10 statistics, 8x8 maps into the pool."""
+PAPER = Paper("Identity Mappings in Deep Residual Networks", "He, Zhang, Ren, Sun", 2016, "1603.05027")
+
+
+def cifar_cfg(paper_ids: str, paper_name: str = PAPER.title) -> dict[str, Any]:
+    """timm's pretrained_cfg for a CIFAR network: 32 px, no crop, CIFAR-10 statistics, 8x8 maps into the pool;
+    `paper_ids` / `paper_name` name the network's paper."""
     return pretrained_cfg(
         input_size=(3, 32, 32),
         pool_size=(8, 8),
@@ -208,6 +228,7 @@ def cifar_cfg(paper_ids: str) -> dict[str, Any]:
         first_conv="stem",
         classifier="fc",
         paper_ids=paper_ids,
+        paper_name=paper_name,
     )
 
 
@@ -227,8 +248,6 @@ def preact_resnet1001_cifar(pretrained: bool = False, **kwargs: Any) -> PreActRe
     """Pre-activation ResNet-1001 for CIFAR (He et al. 2016b): 111 bottleneck units per stage."""
     return _create_preact_resnet_cifar("preact_resnet1001_cifar", pretrained, **{"depth": 1001, **kwargs})
 
-
-PAPER = Paper("Identity Mappings in Deep Residual Networks", "He, Zhang, Ren, Sun", 2016, "1603.05027")
 
 for _name, _builder, _params in (
     ("preact_resnet50", "resnetv2_50", 25_549_352),

@@ -27,8 +27,6 @@ Readings where the paper is ambiguous, taken from the authors' code (megvii-mode
   for g = 1/2/3/4/8; the tests compare.
 """
 
-from __future__ import annotations
-
 import math
 from collections import OrderedDict
 from typing import Any
@@ -41,6 +39,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.layers.channel_shuffle import ChannelShuffle
+from trainer.models.stages import StagedModel
 
 # Table 1: output channels of stages 2, 3, 4 of ShuffleNet 1x, per number of groups g
 STAGE_CHANNELS = {
@@ -135,7 +134,7 @@ def init_weights_as_megvii(model: nn.Module, first_conv: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(StagedModel, nn.Module):
     def __init__(
         self,
         groups: int = 3,
@@ -154,6 +153,7 @@ class ShuffleNetV1(nn.Module):
         self.groups, self.width_mult = groups, width_mult
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         self.stem = nn.Sequential(
             OrderedDict(
                 conv=nn.Conv2d(in_chans, stem_chs, 3, stride=2, padding=1, bias=False),
@@ -178,7 +178,7 @@ class ShuffleNetV1(nn.Module):
             self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f"stages.{index}"))
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = self._fc(num_classes)
         init_weights_as_megvii(self, self.stem.conv)
@@ -194,12 +194,20 @@ class ShuffleNetV1(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = self._fc(num_classes)
         if num_classes > 0:
             nn.init.normal_(self.fc.weight, 0.0, 0.01)
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.stem, self.stem_pool, *self.stages]
+
+    def feature_ends(self) -> list[int]:
+        return list(range(len(self.feature_info)))  # stem.act ends the stem, then one level per module
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         return self.stages(self.stem_pool(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -233,8 +241,24 @@ VARIANTS = {
     "shufflenet_v1_g3_2_0": (3, 2.0),
 }
 
+PAPER = Paper(
+    "ShuffleNet: An Extremely Efficient Convolutional Neural Network for Mobile Devices",
+    "Zhang, Zhou, Lin, Sun",
+    2018,
+    "1707.01083",
+)
+
+
 default_cfgs = generate_default_cfgs(
-    {name: pretrained_cfg(first_conv="stem.conv", classifier="fc", paper_ids="arXiv:1707.01083") for name in VARIANTS}
+    {
+        name: pretrained_cfg(
+            first_conv="stem.conv",
+            classifier="fc",
+            paper_ids="arXiv:1707.01083",
+            paper_name=PAPER.title,
+        )
+        for name in VARIANTS
+    }
 )
 
 
@@ -296,13 +320,6 @@ def shufflenet_v1_g3_2_0(pretrained: bool = False, **kwargs: Any) -> ShuffleNetV
     """ShuffleNet 2x, g = 3."""
     return _build("shufflenet_v1_g3_2_0", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "ShuffleNet: An Extremely Efficient Convolutional Neural Network for Mobile Devices",
-    "Zhang, Zhou, Lin, Sun",
-    2018,
-    "1707.01083",
-)
 
 # name -> (params at 1000 classes, the paper's top-1 accuracy, its table, the paper's mult-adds in millions).
 # Top-1 = 100 - Table 2's error (1x: 33.6/32.7/32.6/32.8/32.4 for g = 1/2/3/4/8; g = 3: 0.5x 43.2, 0.25x 55.0) or

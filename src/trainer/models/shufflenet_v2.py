@@ -19,8 +19,6 @@ code (`init_weights_as_megvii`); torchvision keeps PyTorch's defaults.
 them); conv5 keeps the variant's width, as Table 5 keeps 1024 from 0.5x to 1.5x.
 """
 
-from __future__ import annotations
-
 import math
 from typing import Any
 
@@ -33,6 +31,7 @@ from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 from trainer.models.layers.channel_shuffle import ChannelShuffle
 from trainer.models.shufflenet_v1 import init_weights_as_megvii
+from trainer.models.stages import StagedModel
 
 STAGE_REPEATS = (4, 8, 4)  # Table 5: one stride-2 unit, then 3, 7, 3 stride-1 units
 STEM_CHANNELS = 24
@@ -91,7 +90,7 @@ class ShuffleV2Unit(nn.Module):
         return self.shuffle(out)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(StagedModel, nn.Module):
     def __init__(
         self,
         stage_channels: tuple[int, ...] = (116, 232, 464),
@@ -117,6 +116,7 @@ class ShuffleNetV2(nn.Module):
             raise ConfigError(f"shufflenet_v2: drop_rate={drop_rate} is outside [0, 1)")
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
 
         self.conv1 = nn.Sequential(
             nn.Conv2d(in_chans, STEM_CHANNELS, 3, stride=2, padding=1, bias=False),
@@ -143,7 +143,7 @@ class ShuffleNetV2(nn.Module):
         )
         self.feature_info.append(dict(num_chs=head_channels, reduction=reduction, module="conv5"))
         self.num_features = self.head_hidden_size = head_channels
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(head_channels, num_classes) if num_classes > 0 else nn.Identity()
         init_weights_as_megvii(self, self.conv1[0])
@@ -155,13 +155,18 @@ class ShuffleNetV2(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             nn.init.normal_(self.fc.weight, 0.0, 0.01)
             nn.init.zeros_(self.fc.bias)
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.conv1, self.maxpool, self.stage2, self.stage3, self.stage4, self.conv5]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         x = self.maxpool(self.conv1(x))
         return self.conv5(self.stage4(self.stage3(self.stage2(x))))
 
@@ -191,8 +196,24 @@ VARIANTS = {
     "shufflenet_v2_x2_0": dict(stage_channels=(244, 488, 976), head_channels=2048, drop_rate=0.2),
 }
 
+PAPER = Paper(
+    "ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design",
+    "Ma, Zhang, Zheng, Sun",
+    2018,
+    "1807.11164",
+)
+
+
 default_cfgs = generate_default_cfgs(
-    {name: pretrained_cfg(first_conv="conv1.0", classifier="fc", paper_ids="arXiv:1807.11164") for name in VARIANTS}
+    {
+        name: pretrained_cfg(
+            first_conv="conv1.0",
+            classifier="fc",
+            paper_ids="arXiv:1807.11164",
+            paper_name=PAPER.title,
+        )
+        for name in VARIANTS
+    }
 )
 
 
@@ -223,13 +244,6 @@ def shufflenet_v2_x2_0(pretrained: bool = False, **kwargs: Any) -> ShuffleNetV2:
     """ShuffleNet V2 2x (Table 5): conv5 of 2048, dropout 0.2 before the FC (the authors' code)."""
     return _build("shufflenet_v2_x2_0", pretrained, **kwargs)
 
-
-PAPER = Paper(
-    "ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design",
-    "Ma, Zhang, Zheng, Sun",
-    2018,
-    "1807.11164",
-)
 
 # name -> (params at 1000 classes, top-1, top-5, the paper's mult-adds in millions). Top-1 = 100 - Table 8's error
 # (39.7, 30.6, 27.4, 25.1). The paper gives no top-5; the authors' README gives 11.1 (1x) and 9.4 (1.5x) top-5 error

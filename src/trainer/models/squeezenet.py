@@ -31,8 +31,6 @@ Module names follow torchvision's (`features.<i>` with Fire modules' `squeeze`, 
 state_dicts load with only conv10 renamed (`classifier.1` -> `classifier`; `checkpoint_filter_fn`).
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +41,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
+from trainer.models.stages import StagedModel
 
 BYPASSES = ("", "simple", "complex")
 
@@ -102,7 +101,7 @@ def _pool() -> nn.MaxPool2d:
     return nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)  # Caffe rounds pooled sizes up
 
 
-class SqueezeNet(nn.Module):
+class SqueezeNet(StagedModel, nn.Module):
     def __init__(
         self,
         version: str = "1_0",
@@ -124,6 +123,7 @@ class SqueezeNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.act_layer = act_layer
+        self.grad_checkpointing = False
 
         layers: list[nn.Module] = [
             nn.Conv2d(in_chans, cfg.stem_chs, kernel_size=cfg.stem_kernel, stride=2),  # unpadded, as in Caffe
@@ -150,7 +150,7 @@ class SqueezeNet(nn.Module):
 
         self.head_drop = nn.Dropout(drop_rate)  # Sec. 3.3.1: dropout 0.5 after fire9
         self.classifier, self.head_act = self._conv10(num_classes)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self._init_weights()
 
     def _conv10(self, num_classes: int) -> tuple[nn.Module, nn.Module]:
@@ -174,10 +174,18 @@ class SqueezeNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.classifier, self.head_act = self._conv10(num_classes)
 
+    def trunk(self) -> list[nn.Module]:
+        return list(self.features)
+
+    def feature_ends(self) -> list[int]:
+        return [int(info["module"].split(".")[1]) for info in self.feature_info]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -206,9 +214,21 @@ def _create_squeezenet(variant: str, pretrained: bool = False, **kwargs: Any) ->
     )
 
 
+PAPER = Paper(
+    "SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB model size",
+    "Iandola, Han, Moskewicz, Ashraf, Dally, Keutzer",
+    2016,
+    "1602.07360",
+)
+
+
 def _cfg() -> dict[str, Any]:
     return pretrained_cfg(
-        pool_size=(13, 13), first_conv="features.0", classifier="classifier", paper_ids="arXiv:1602.07360"
+        pool_size=(13, 13),
+        first_conv="features.0",
+        classifier="classifier",
+        paper_ids="arXiv:1602.07360",
+        paper_name=PAPER.title,
     )
 
 
@@ -247,13 +267,6 @@ def squeezenet1_0_complex_bypass(pretrained: bool = False, **kwargs: Any) -> Squ
     model_args = dict(version="1_0", bypass="complex")
     return _create_squeezenet("squeezenet1_0_complex_bypass", pretrained, **dict(model_args, **kwargs))
 
-
-PAPER = Paper(
-    "SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB model size",
-    "Iandola, Han, Moskewicz, Ashraf, Dally, Keutzer",
-    2016,
-    "1602.07360",
-)
 
 # name -> (params at 1000 classes, min_resolution, paper top-1, top-5, protocol, notes). min_resolution: 1.0's
 # unpadded 7x7/2 conv1 and three 3x3/2 pools need 21 px (21 -> 8 -> 4 -> 2 -> 1); 1.1's 3x3/2 conv1 17 px.

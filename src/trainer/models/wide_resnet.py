@@ -22,8 +22,6 @@ CIFAR-10's (the code's mean/std normalisation). The paper reports CIFAR errors, 
 `top1` is None and the notes give the CIFAR-10 / CIFAR-100 test errors.
 """
 
-from __future__ import annotations
-
 from functools import partial
 from typing import Any
 
@@ -83,6 +81,7 @@ class WideResNetCifar(CifarResNet):
         drop_path_rate: float = 0.0,
         act_layer: type[nn.Module] = nn.ReLU,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        global_pool: str = "avg",
     ) -> None:
         if depth < 10 or (depth - 4) % 6:
             raise ConfigError(f"wide_resnet_cifar: depth={depth} is not 6n+4 with n >= 1 (the paper: 16, 22, 28, 40)")
@@ -99,6 +98,7 @@ class WideResNetCifar(CifarResNet):
             drop_path_rate=drop_path_rate,
             act_layer=act_layer,
             norm_layer=norm_layer,
+            global_pool=global_pool,
         )
         self.depth, self.widen_factor, self.drop_rate = depth, widen_factor, drop_rate
 
@@ -113,8 +113,11 @@ def _create_wide_resnet_cifar(variant: str, pretrained: bool = False, **kwargs: 
     )
 
 
+PAPER = Paper("Wide Residual Networks", "Zagoruyko, Komodakis", 2016, "1605.07146")
+
+
 default_cfgs = generate_default_cfgs(
-    {name: cifar_cfg("arXiv:1605.07146") for name in ("wide_resnet28_10_cifar", "wide_resnet40_4_cifar")}
+    {name: cifar_cfg("arXiv:1605.07146", PAPER.title) for name in ("wide_resnet28_10_cifar", "wide_resnet40_4_cifar")}
 )
 
 
@@ -131,8 +134,6 @@ def wide_resnet40_4_cifar(pretrained: bool = False, **kwargs: Any) -> WideResNet
     """WRN-40-4 for CIFAR (Zagoruyko & Komodakis 2016): 6 units per stage, widths 64, 128, 256."""
     return _create_wide_resnet_cifar("wide_resnet40_4_cifar", pretrained, **{"depth": 40, "widen_factor": 4, **kwargs})
 
-
-PAPER = Paper("Wide Residual Networks", "Zagoruyko, Komodakis", 2016, "1605.07146")
 
 for _name, _params, _top1, _top5 in (
     ("wide_resnet50_2", 68_883_240, 78.1, 93.97),

@@ -10,8 +10,6 @@ timm has no channel shuffle layer. torch's `nn.ChannelShuffle` computes the same
 this layer writes the paper's three steps out as a view and a transpose, so it reads as the paper does.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn as nn
 

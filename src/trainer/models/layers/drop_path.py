@@ -6,8 +6,6 @@ timm's `DropPath` drops the residual branch per sample and rescales the kept sam
 rescale in training, and at test time scales the branch by p_l (Eq. 5: H_l = ReLU(p_l f_l(H_{l-1}) + id)).
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn as nn
 

@@ -6,8 +6,6 @@ torch.nn.LocalResponseNorm divides alpha by n (the Caffe convention); the paper 
 paper's alpha and passes alpha * n to torch, so `LocalResponseNorm(n=5, alpha=1e-4, beta=0.75, k=2)` is the paper's.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn as nn
 
