@@ -212,6 +212,10 @@ class FFCVDataModule(ImageFolderDataModule):
             return ScaleJitterRGBImageDecoder(size, low, high, resolution)
         if crop == "resize_random":
             return ResizeRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
+        if crop in ("pad_random", "none"):  # CIFAR: images stored at their size; RandomTranslate pads and crops
+            from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+
+            return SimpleRGBImageDecoder()
         raise ConfigError(f"augment.crop='{crop}' is not one of {', '.join(CROPS)}")
 
     def _pipelines(self, train: bool, device: torch.device) -> dict[str, list[Any]]:
@@ -228,6 +232,10 @@ class FFCVDataModule(ImageFolderDataModule):
             augment = self.train_augment()
             self._train_decoder = self._train_decoder_for(augment, self.train_resolution)
             image: list[Any] = [self._train_decoder]
+            if augment.get("crop") == "pad_random":  # zero padding on each side, then a random crop of the size
+                from ffcv.transforms import RandomTranslate
+
+                image.append(RandomTranslate(padding=int(augment.get("padding", 4)), fill=(0, 0, 0)))
             if augment.get("hflip"):
                 image.append(RandomHorizontalFlip(float(augment["hflip"])))
             deferred = needs_batch_augment(augment)

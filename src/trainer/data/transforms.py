@@ -8,7 +8,10 @@ Crops (`crop`):
 - `scale_jitter`: the shorter side resized to an integer drawn uniformly from `jitter_sizes`, then a random square
   crop (VGG, Simonyan & Zisserman 2015, Sec. 3.1: S in [256, 512]; ResNet, He et al. 2016, Sec. 3.4: [256, 480]);
 - `resize_random`: the image resized to a `resize` x `resize` square, then a random crop (AlexNet, Sec. 2 and 4.1:
-  256 x 256 images, random 224 patches).
+  256 x 256 images, random 224 patches);
+- `pad_random`: `padding` zero pixels on each side, then a random crop of the resolution (the CIFAR papers' "C10+"
+  protocol: He et al. 2016, Sec. 4.2, 4 pixels on 32x32 images); `padding` is in pixels and does not scale;
+- `none`: the image as it is (CIFAR's "without augmentation" columns; the images are the resolution already).
 Pixel sizes (`jitter_sizes`, `resize`) are the papers' for 224-px crops and scale with the resolution (at 112 px,
 [256, 512] becomes [128, 256]), so a recipe keeps its proportions on small images such as the bundled sample set.
 
@@ -31,7 +34,7 @@ from timm.data.transforms import str_to_interp_mode
 
 from trainer.errors import ConfigError
 
-CROPS = ("random_resized", "scale_jitter", "resize_random")
+CROPS = ("random_resized", "scale_jitter", "resize_random", "pad_random", "none")
 PAPER_RESOLUTION = 224  # the crop the papers' pixel sizes belong to
 
 # AlexNet's PCA lighting: eigenvalues and eigenvectors of the RGB covariance of ImageNet training pixels (values
@@ -116,6 +119,10 @@ def build_train_transform(
     elif crop == "resize_random":
         size = _scaled(augment["resize"], resolution)
         steps = [T.Resize((size, size), interpolation=interp), T.RandomCrop(resolution)]
+    elif crop == "pad_random":
+        steps = [T.RandomCrop(resolution, padding=int(augment.get("padding", 4)), fill=0)]
+    elif crop == "none":
+        steps = []
     else:
         raise ConfigError(f"augment.crop='{crop}' is not one of {', '.join(CROPS)}")
     if augment.get("hflip"):
