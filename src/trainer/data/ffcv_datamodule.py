@@ -67,7 +67,8 @@ class FFCVDataModule(ImageFolderDataModule):
     ffcv's, let the OS page cache hold the file (true) or ffcv's own process cache (false). `batches_ahead`:
     batches prepared in advance. `device_dtype`: the dtype of normalised images on a CUDA device (`auto`: from
     the trainer's precision). `verify`: compare the sha256 of the whole files once at setup. `write`: how the
-    sample set is written (trainer.data.beton.WriteOptions).
+    sample set is written (trainer.data.beton.WriteOptions). `dataset`: the named data set the files hold
+    (`cifar10`, `cifar100`: the paper figures a report compares with), null for any other.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class FFCVDataModule(ImageFolderDataModule):
         seed: int = 0,
         verify: bool = False,
         write: Mapping[str, Any] | None = None,
+        dataset: str | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         **kwargs: Any,
@@ -108,6 +110,7 @@ class FFCVDataModule(ImageFolderDataModule):
         self.seed = int(seed)
         self.verify = bool(verify)
         self.write = WriteOptions.from_mapping({**SAMPLE_WRITE, **dict(write or {})})
+        self.dataset = dataset  # the data set the files hold where it is a known one (cifar10, cifar100): reports
         self.loader_device: torch.device | str | None = None  # None: the trainer's device (CPU without one)
         self._info: dict[str, BetonInfo] = {}
         self._prepared = False

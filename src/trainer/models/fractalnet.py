@@ -406,7 +406,7 @@ for _name, _params, _depth in (("fractalnet20_cifar", 34_232_488, 20), ("fractal
             family="fractalnet",
             paper=PAPER,
             params=_params,
-            recipe="fractalnet",
+            recipe="fractalnet_cifar",
             resolution=32,
             crop_ratio=1.0,  # CIFAR images are used whole
             min_resolution=32,  # five 2x2 max-pools

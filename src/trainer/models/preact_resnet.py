@@ -258,7 +258,7 @@ for _name, _params in (("preact_resnet164_cifar", 1_957_688), ("preact_resnet100
             family="preact_resnet",
             paper=PAPER,
             params=_params,
-            recipe="preact_resnet",
+            recipe="preact_resnet_cifar",
             resolution=32,
             crop_ratio=1.0,  # CIFAR images are used whole (4-px pad + random 32-px crop in training only)
             protocol="no ImageNet result: CIFAR test error in notes",

@@ -171,7 +171,7 @@ for _name, _params in (("wide_resnet28_10_cifar", 37_113_784), ("wide_resnet40_4
             family="wide_resnet",
             paper=PAPER,
             params=_params,
-            recipe="wide_resnet",
+            recipe="wide_resnet_cifar",
             resolution=32,
             crop_ratio=1.0,  # CIFAR images are used whole (4-px pad + random 32-px crop in training only)
             protocol="no ImageNet result: CIFAR test error in notes",
