@@ -388,6 +388,8 @@ def test_training_on_a_generated_archive_beats_chance(
         data,
         root,
         "model=resnet20_cifar",
+        "+model.kwargs.depth=8",  # ResNet-8 at a quarter of the width: the data path is under test, not the net
+        "+model.kwargs.widths=[8,16,32]",
         "augment=cifar",
         "data.batch_size=50",
         "trainer.max_epochs=3",
@@ -407,6 +409,7 @@ needs_ffcv = pytest.mark.skipif(importlib.util.find_spec("ffcv") is None, reason
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ffcv's numba compilation of the pipelines: about a minute on 2 shared cores
 @needs_ffcv
 def test_ffcv_files_written_from_the_archive_hold_its_pixels_and_labels(cifar10_root: Path, tmp_path: Path) -> None:
     from trainer.data.beton import write_from_config
