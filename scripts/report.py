@@ -85,8 +85,38 @@ def on_paper_data(model: str, cfg: DictConfig) -> bool:
     return classes == 1000 and data.get("resolution") == entry.resolution
 
 
+def cifar_protocol(cfg: DictConfig) -> str | None:
+    """The CIFAR protocol a run's data is (C10, C10+, C100, C100+; "+": trained with the pad-crop-flip augmentation),
+    or None when its data is not CIFAR."""
+    dataset = cfg.data.get("dataset")
+    if dataset not in ("cifar10", "cifar100") or cfg.data.get("label_type", "fine") != "fine":
+        return None
+    augmented = cfg.get("augment") is not None and cfg.augment.get("crop") not in (None, "none")
+    return ("C10" if dataset == "cifar10" else "C100") + ("+" if augmented else "")
+
+
+def paper_figure_for_data(model: str, cfg: DictConfig) -> tuple[float | None, str | None] | None:
+    """For a run on CIFAR: (the paper's top-1, its protocol) for `model` on that protocol, (None, None) where the
+    paper gives none; None for a run on other data (the catalogue's and recipe's figures apply)."""
+    protocol = cifar_protocol(cfg)
+    if protocol is None:
+        return None
+    try:
+        entry = None if model.startswith(TIMM_PREFIX) else get_entry(model)
+    except ConfigError:
+        entry = None
+    error = entry.cifar_error.get(protocol) if entry is not None else None
+    if error is None:
+        return None, None
+    return round(100.0 - error, 2), f"{protocol} test error {error} % ({entry.paper.authors.split(',')[0]} et al.)"
+
+
 def paper_numbers(model: str, cfg: DictConfig) -> tuple[float | None, float | None, str | None]:
-    """(top-1, top-5, protocol) the paper reports for `model`: its catalogue entry, else the recipe's recipe_info."""
+    """(top-1, top-5, protocol) the paper reports for `model`: on CIFAR, the paper's figure for the run's protocol
+    (paper_figure_for_data); else its catalogue entry, else the recipe's recipe_info."""
+    cifar = paper_figure_for_data(model, cfg)
+    if cifar is not None:
+        return cifar[0], None, cifar[1]
     if not model.startswith(TIMM_PREFIX):
         try:
             entry = get_entry(model)

@@ -23,6 +23,27 @@ RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
 _SGD = {"optim.opt": "sgd", "optim.lr_scaling": "linear"}
 _RMSPROP_TF = {"optim.opt": "rmsproptf", "optim.alpha": 0.9, "optim.momentum": 0.9, "optim.lr_scaling": "linear"}
 _RESNET_STEPS = {"sched.sched": "multistep", "sched.milestones": [30, 60], "sched.decay_rate": 0.1}
+# He et al. 2016, Sec. 4.2: batch 128, lr 0.1 (0.01 for 400 iterations first), /10 at 32k and 48k, stop at 64k
+_CIFAR_ITERATIONS_PER_EPOCH = 50_000 // 128
+_CIFAR_RESNET = {
+    **_SGD,
+    "optim.lr": 0.1,
+    "optim.momentum": 0.9,
+    "optim.weight_decay": 1e-4,
+    "optim.ref_batch_size": 128,
+    "data.batch_size": 128,
+    "sched.interval": "step",
+    "sched.milestones": [
+        round(32_000 / _CIFAR_ITERATIONS_PER_EPOCH, 2),
+        round(48_000 / _CIFAR_ITERATIONS_PER_EPOCH, 2),
+    ],
+    "sched.warmup_lr": 0.01,
+    "sched.warmup_epochs": round(400 / _CIFAR_ITERATIONS_PER_EPOCH, 2),
+    "trainer.max_epochs": 64_000 // _CIFAR_ITERATIONS_PER_EPOCH,
+    "augment.crop": "pad_random",
+    "augment.padding": 4,
+    "augment.hflip": 0.5,
+}
 RECIPE_FACTS = {
     "alexnet": {
         **_SGD,
@@ -285,6 +306,70 @@ RECIPE_FACTS = {
         "loss.label_smoothing": 0.1,
         "ema.decay": 0.9999,
         "trainer.max_epochs": 350,
+    },
+    # The CIFAR recipes: each paper's CIFAR section; iterations become epochs at 390 batches of 128 (50,000 images)
+    "resnet_cifar": {**_CIFAR_RESNET, "recipe_info.model": "resnet110_cifar"},  # He et al. 2016, Sec. 4.2
+    "preact_resnet_cifar": {**_CIFAR_RESNET, "recipe_info.model": "preact_resnet164_cifar"},  # ibid., as [He 2016]
+    "wide_resnet_cifar": {  # Zagoruyko & Komodakis 2016, Sec. 3
+        **_SGD,
+        "optim.lr": 0.1,
+        "optim.nesterov": True,
+        "optim.weight_decay": 5e-4,
+        "data.batch_size": 128,
+        "sched.milestones": [60, 120, 160],
+        "sched.decay_rate": 0.2,
+        "trainer.max_epochs": 200,
+        "model.drop_rate": 0.3,
+        "augment.crop": "pad_random",
+        "augment.padding": 4,
+    },
+    "stochastic_depth_cifar": {  # Huang et al. 2016, Sec. 4
+        **_SGD,
+        "optim.lr": 0.1,
+        "optim.nesterov": True,
+        "optim.weight_decay": 1e-4,
+        "data.batch_size": 128,
+        "sched.milestones": [250, 375],
+        "sched.decay_rate": 0.1,
+        "trainer.max_epochs": 500,
+        "model.drop_path_rate": 0.5,  # 1 - p_L
+        "model.drop_path_mode": "batch",
+        "augment.crop": "pad_random",
+    },
+    "densenet_cifar": {  # Huang et al. 2017, Sec. 4.2
+        **_SGD,
+        "optim.lr": 0.1,
+        "optim.nesterov": True,
+        "optim.weight_decay": 1e-4,
+        "data.batch_size": 64,
+        "optim.ref_batch_size": 64,
+        "sched.milestones": [150, 225],  # 50% and 75% of 300
+        "trainer.max_epochs": 300,
+        "model.drop_rate": 0.0,  # 0.2 only without augmentation
+        "augment.crop": "pad_random",
+    },
+    "resnext_cifar": {  # Xie et al. 2017, Sec. 5.3
+        **_SGD,
+        "optim.lr": 0.1,
+        "optim.momentum": 0.9,
+        "optim.weight_decay": 5e-4,
+        "data.batch_size": 128,
+        "sched.milestones": [150, 225],
+        "sched.decay_rate": 0.1,
+        "trainer.max_epochs": 300,
+        "augment.crop": "pad_random",
+    },
+    "fractalnet_cifar": {  # Larsson et al. 2017, Sec. 4
+        **_SGD,
+        "optim.lr": 0.02,
+        "optim.momentum": 0.9,
+        "data.batch_size": 100,
+        "optim.ref_batch_size": 100,
+        "sched.milestones": [200, 300, 350, 375],  # where the remaining epochs halve
+        "trainer.max_epochs": 400,
+        "model.drop_rate": 0.4,  # the last of 0, 10, 20, 30, 40 %
+        "model.drop_path_rate": 0.15,
+        "augment.crop": "pad_random",
     },
 }
 VENUES = re.compile(r"arXiv|NeurIPS|NIPS|CVPR|ICCV|ECCV|ICLR|ICML|BMVC|AAAI|github\.com")

@@ -222,6 +222,10 @@ HEAVY_FORWARD = {
     "resnext101_64x4d",
     "preact_resnet1001_cifar",
     "fractalnet40_cifar",
+    "resnet1202_cifar",
+    "densenet_bc250_k24_cifar",
+    "densenet_bc190_k40_cifar",
+    "resnext29_16x64d_cifar",
     "nasnet_a_large",
 }
 FORWARD_CASES = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_FORWARD else n for n in ALL_MODELS]

@@ -201,6 +201,13 @@ SMOKE_MODELS = {
     "vgg": "vgg11",
     "wide_resnet": "wide_resnet40_4_cifar",
     "xception": "xception",
+    "resnet_cifar": "resnet20_cifar",
+    "preact_resnet_cifar": "preact_resnet164_cifar",
+    "wide_resnet_cifar": "wide_resnet40_4_cifar",
+    "stochastic_depth_cifar": "resnet20_cifar",
+    "densenet_cifar": "densenet40_k12_cifar",
+    "resnext_cifar": "resnext29_8x64d_cifar",
+    "fractalnet_cifar": "fractalnet20_cifar",
 }
 SMOKE_RESOLUTION = {"inception_v3": 299}  # its auxiliary head needs 17x17 maps (299 px) in training
 

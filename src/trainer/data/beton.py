@@ -428,6 +428,19 @@ class _SourceImages:
         return _resize(pixels, self.max_resolution, self.max_side), int(label)
 
 
+class _ArrayImages:
+    """Images already in memory (CIFAR's arrays) as (pixels, label) for ffcv's writer processes."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.images[index], int(self.labels[index])
+
+
 def _guarded(errors: Any, work: Callable, *args: Any) -> None:
     """Run one of ffcv's writer jobs; an exception is reported on `errors` (ffcv's own loop would wait forever)."""
     try:
@@ -548,9 +561,11 @@ def write_beton(
     split: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    arrays: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> WriteResult:
     """Write the images under `split_dir` (`<class>/<image>`, labels = positions in `classes`) to the .beton `out`,
-    with its class index beside it.
+    with its class index beside it. With `arrays` (N x H x W x 3 uint8 images, N labels: CIFAR) those are written
+    instead, and `split_dir` only names their source.
 
     Atomic: the file is written under a temporary name in the same folder and renamed into place only when it is
     complete, so a killed write, a full disk or a failing worker leaves nothing that looks valid (the partial file
@@ -571,8 +586,12 @@ def write_beton(
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DataError(f"cannot create the folder of '{out}': {exc}") from None
-    samples = _source_samples(split_dir, classes)
-    source_bytes = sum(os.path.getsize(path) for path, _ in samples)
+    if arrays is None:
+        samples: Sequence[Any] = _source_samples(split_dir, classes)
+        source_bytes = sum(os.path.getsize(path) for path, _ in samples)
+    else:
+        samples = arrays[1]
+        source_bytes = int(arrays[0].nbytes)
     Writer = _writer_class()
     start = time.perf_counter()
     with _partial_files(out) as partial:
@@ -594,7 +613,7 @@ def write_beton(
             progress=progress,
             fail_fast=options.on_bad_image == "fail",
         )
-        dataset = _SourceImages(samples, options, writer.bad_queue)
+        dataset = _SourceImages(samples, options, writer.bad_queue) if arrays is None else _ArrayImages(*arrays)
         try:
             writer.from_indexed_dataset(dataset, chunksize=int(options.chunk_size))
             bad = sorted(writer.bad)
@@ -712,6 +731,8 @@ def write_from_config(cfg: Any) -> WriteResult:
         raise ConfigError(f"split='{split}' is not one of train, val")
     from omegaconf import OmegaConf
 
+    if data.get("dataset") is not None:  # a CIFAR archive (trainer.data.cifar)
+        return _write_cifar(cfg, split)
     if OmegaConf.is_missing(data, "root") or not data.get("root"):
         raise ConfigError("data.root is not set: give the ImageNet-layout folder to convert (data.root=<folder>)")
     root = Path(str(data.root))
@@ -727,7 +748,47 @@ def write_from_config(cfg: Any) -> WriteResult:
     expected = data.get("num_classes")
     if expected is not None and len(classes) != int(expected):
         raise DataError(f"data.root '{root}' holds {len(classes)} class folders but data.num_classes={expected}")
-    options = WriteOptions(
+    return write_beton(
+        root / names[split],
+        out,
+        classes,
+        _options(cfg),
+        split=split,
+        overwrite=bool(cfg.overwrite),
+        progress=bool(cfg.progress),
+    )
+
+
+def _write_cifar(cfg: Any, split: str) -> WriteResult:
+    """`split` of a CIFAR archive (data=cifar10 / cifar100, the data module's split and val_split) to
+    `out`, by default `<data.root>_ffcv/<split>.beton` (data=cifar10_ffcv's files)."""
+    from trainer.data.cifar import load_split
+
+    data = cfg.data
+    root = Path(str(data.root))
+    images, labels, classes = load_split(
+        root,
+        str(data.dataset),
+        split,
+        str(data.get("label_type", "fine")),
+        int(data.get("val_split", 0) or 0),
+        bool(data.get("verify", False)),
+    )
+    out = cfg.get("out") or root.with_name(root.name + "_ffcv") / f"{split}.beton"
+    return write_beton(
+        root,
+        out,
+        classes,
+        _options(cfg),
+        split=split,
+        overwrite=bool(cfg.overwrite),
+        progress=bool(cfg.progress),
+        arrays=(images, labels),
+    )
+
+
+def _options(cfg: Any) -> WriteOptions:
+    return WriteOptions(
         write_mode=str(cfg.write_mode),
         max_resolution=None if cfg.max_resolution is None else int(cfg.max_resolution),
         max_side=str(cfg.max_side),
@@ -738,13 +799,4 @@ def write_from_config(cfg: Any) -> WriteResult:
         chunk_size=int(cfg.chunk_size),
         page_size=int(cfg.page_size),
         on_bad_image=str(cfg.on_bad_image),
-    )
-    return write_beton(
-        root / names[split],
-        out,
-        classes,
-        options,
-        split=split,
-        overwrite=bool(cfg.overwrite),
-        progress=bool(cfg.progress),
     )

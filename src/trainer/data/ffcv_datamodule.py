@@ -68,7 +68,8 @@ class FFCVDataModule(ImageFolderDataModule):
     ffcv's, let the OS page cache hold the file (true) or ffcv's own process cache (false). `batches_ahead`:
     batches prepared in advance. `device_dtype`: the dtype of normalised images on a CUDA device (`auto`: from
     the trainer's precision). `verify`: compare the sha256 of the whole files once at setup. `write`: how the
-    sample set is written (trainer.data.beton.WriteOptions).
+    sample set is written (trainer.data.beton.WriteOptions). `dataset`: the named data set the files hold
+    (`cifar10`, `cifar100`: the paper figures a report compares with), null for any other.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class FFCVDataModule(ImageFolderDataModule):
         seed: int = 0,
         verify: bool = False,
         write: Mapping[str, Any] | None = None,
+        dataset: str | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         **kwargs: Any,
@@ -109,6 +111,7 @@ class FFCVDataModule(ImageFolderDataModule):
         self.seed = int(seed)
         self.verify = bool(verify)
         self.write = WriteOptions.from_mapping({**SAMPLE_WRITE, **dict(write or {})})
+        self.dataset = dataset  # the data set the files hold where it is a known one (cifar10, cifar100): reports
         self.loader_device: torch.device | str | None = None  # None: the trainer's device (CPU without one)
         self._info: dict[str, BetonInfo] = {}
         self._prepared = False
@@ -219,6 +222,10 @@ class FFCVDataModule(ImageFolderDataModule):
             return CenterRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
         if crop == "squash_random":
             return SquashRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
+        if crop in ("pad_random", "none"):  # CIFAR: images stored at their size; RandomTranslate pads and crops
+            from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+
+            return SimpleRGBImageDecoder()
         raise ConfigError(f"augment.crop='{crop}' is not one of {', '.join(CROPS)}")
 
     def _pipelines(self, train: bool, device: torch.device) -> dict[str, list[Any]]:
@@ -235,6 +242,10 @@ class FFCVDataModule(ImageFolderDataModule):
             augment = self.train_augment()
             self._train_decoder = self._train_decoder_for(augment, self.train_resolution)
             image: list[Any] = [self._train_decoder]
+            if augment.get("crop") == "pad_random":  # zero padding on each side, then a random crop of the size
+                from ffcv.transforms import RandomTranslate
+
+                image.append(RandomTranslate(padding=int(augment.get("padding", 4)), fill=(0, 0, 0)))
             if augment.get("hflip"):
                 image.append(RandomHorizontalFlip(float(augment["hflip"])))
             deferred = needs_batch_augment(augment)

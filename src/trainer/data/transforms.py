@@ -11,7 +11,10 @@ Crops (`crop`):
   crop (AlexNet, Sec. 2: "rescaled the image such that the shorter side was of length 256, and then cropped out the
   central 256x256 patch"; Sec. 4.1: random 224 x 224 patches of those and their reflections);
 - `squash_random`: the whole image resized (squashed, aspect not kept) to a `resize` x `resize` square, then a random
-  crop (the common realisation of AlexNet's crop in reimplementations; not the paper's).
+  crop (the common realisation of AlexNet's crop in reimplementations; not the paper's);
+- `pad_random`: `padding` zero pixels on each side, then a random crop of the resolution (the CIFAR papers' "C10+"
+  protocol: He et al. 2016, Sec. 4.2, 4 pixels on 32x32 images); `padding` is in pixels and does not scale;
+- `none`: the image as it is (CIFAR's "without augmentation" columns; the images are the resolution already).
 Pixel sizes (`jitter_sizes`, `resize`) are the papers' for 224-px crops and scale with the resolution (at 112 px,
 [256, 512] becomes [128, 256]), so a recipe keeps its proportions on small images such as the bundled sample set.
 
@@ -38,7 +41,7 @@ from timm.data.transforms import str_to_interp_mode
 
 from trainer.errors import ConfigError
 
-CROPS = ("random_resized", "scale_jitter", "center_random", "squash_random")
+CROPS = ("random_resized", "scale_jitter", "center_random", "squash_random", "pad_random", "none")
 PAPER_RESOLUTION = 224  # the crop the papers' pixel sizes belong to
 
 # AlexNet's PCA lighting: eigenvalues and eigenvectors of the RGB covariance of ImageNet training pixels (values
@@ -182,6 +185,10 @@ def build_train_transform(
     elif crop == "squash_random":
         size = _scaled(augment["resize"], resolution)
         steps = [T.Resize((size, size), interpolation=interp), T.RandomCrop(resolution)]
+    elif crop == "pad_random":
+        steps = [T.RandomCrop(resolution, padding=int(augment.get("padding", 4)), fill=0)]
+    elif crop == "none":
+        steps = []
     else:
         raise ConfigError(f"augment.crop='{crop}' is not one of {', '.join(CROPS)}")
     if augment.get("hflip"):

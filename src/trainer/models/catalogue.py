@@ -25,6 +25,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from trainer.errors import ConfigError, InputSizeError, close_matches
 
 TIMM_PREFIX = "timm/"
+CIFAR_PROTOCOLS = ("C10", "C10+", "C100", "C100+")  # "+": the papers' standard augmentation (pad 4, crop, flip)
 # what timm.create_model and build_model_with_cfg consume themselves, beside the model class's own arguments
 _BUILDER_KWARGS = frozenset(
     {
@@ -68,11 +69,18 @@ class ModelEntry:
     notes: str = ""
     aux_params: int = 0  # the auxiliary heads' parameters in the default build (training only; the papers omit them)
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # the paper's CIFAR test errors (%), by protocol: C10 / C100 (no augmentation), C10+ / C100+ (4-px pad, random
+    # 32-px crop, flip); empty for networks without a CIFAR result
+    cifar_error: Mapping[str, float] = field(default_factory=dict)
     # input defaults that depend on the constructor arguments (compound scaling's resolution): kwargs -> overrides
     data_defaults_from_kwargs: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        unknown = set(self.cifar_error) - set(CIFAR_PROTOCOLS)
+        if unknown:
+            raise ValueError(f"catalogue entry '{self.name}': cifar_error protocols {sorted(unknown)} are not CIFAR's")
+        object.__setattr__(self, "cifar_error", MappingProxyType(dict(self.cifar_error)))
 
 
 @dataclass(frozen=True)

@@ -277,11 +277,12 @@ for _name, _params in (("preact_resnet164_cifar", 1_957_688), ("preact_resnet100
             family="preact_resnet",
             paper=PAPER,
             params=_params,
-            recipe="preact_resnet",
+            recipe="preact_resnet_cifar",
             resolution=32,
             crop_ratio=1.0,  # CIFAR images are used whole (4-px pad + random 32-px crop in training only)
             protocol="no ImageNet result: CIFAR test error in notes",
             source="own",
+            cifar_error={"C10+": _c10, "C100+": _c100},
             notes=(
                 f"CIFAR network (params at 1000 classes); CIFAR-10 / CIFAR-100 test error {_c10} / {_c100} % "
                 f"(Table 3); runs at any input size, catalogue floor 32"

@@ -172,11 +172,12 @@ for _name, _params in (("wide_resnet28_10_cifar", 37_113_784), ("wide_resnet40_4
             family="wide_resnet",
             paper=PAPER,
             params=_params,
-            recipe="wide_resnet",
+            recipe="wide_resnet_cifar",
             resolution=32,
             crop_ratio=1.0,  # CIFAR images are used whole (4-px pad + random 32-px crop in training only)
             protocol="no ImageNet result: CIFAR test error in notes",
             source="own",
+            cifar_error={"C10+": _c10, "C100+": _c100},
             notes=(
                 f"CIFAR network (params at 1000 classes, dropout 0.3 by default); CIFAR-10 / CIFAR-100 test error "
                 f"{_c10} / {_c100} % {_ERROR_NOTES[_name]}; runs at any input size, catalogue floor 32"
