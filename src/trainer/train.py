@@ -23,6 +23,7 @@ from trainer.builders import (
 from trainer.engine import EpochThroughput
 from trainer.engine.distributed import check_devices
 from trainer.engine.resume import newest_readable, prune_hpc
+from trainer.engine.run_lock import RunLock
 from trainer.errors import CheckpointError, ConfigError
 
 RESUME_MODES = ("never", "auto")
@@ -87,14 +88,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         f"lr {effective_lr(cfg):.6g} (optim.lr {cfg.optim.lr} for batch {cfg.optim.get('ref_batch_size')}, "
         f"scaling {cfg.optim.get('lr_scaling', 'none')})" + (f"; resuming from {ckpt_path}" if ckpt_path else "")
     )
+    lock = RunLock(run_dir)
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # one live run per run directory (engine/run_lock.py)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         if ckpt_path:
             prune_hpc(run_dir / "checkpoints", ckpt_path)  # keep the two newest requeue checkpoints
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        lock.release()
     wall_time = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -113,6 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_top1": 100 * float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score else None,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
+        "nonfinite_skipped": module.nonfinite_skipped,
         "params": params,
         "wall_time_s": wall_time,
         "images_per_sec": statistics.median(throughput) if throughput else None,

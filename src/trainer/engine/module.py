@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler.scheduler import Scheduler
@@ -15,10 +16,12 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from trainer.engine.device_mean import DeviceMean
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, NonFiniteLossError
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Scheduler]
+NONFINITE_MODES = ("stop", "skip")
+NONFINITE_MAX_IN_A_ROW = 10  # loss.nonfinite=skip: the run stops after this many skipped steps in a row
 
 
 def split_outputs(outputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -52,6 +55,14 @@ class ClassificationModule(L.LightningModule):
     (timm's ModelEmaV3: ema = decay * ema + (1 - decay) * w, starting from the first step's weights): the
     Inception/Xception papers' Polyak averaging and EfficientNet's EMA (0.9999). It is checkpointed with the raw
     weights (`ema.module.*`), and validation reports both: `val/top1` (raw) and `val_ema/top1` (averaged).
+
+    A non-finite loss (`nonfinite`): `stop` ends the run at that step with one line (the step, the loss, the lr),
+    before its update, so the last checkpoint written is the last good state; `skip` skips the step's update,
+    counts it (`nonfinite_skipped`, kept in checkpoints) and stops after NONFINITE_MAX_IN_A_ROW in a row. Checking
+    costs one host sync per step (the loss must be known before the update).
+
+    Checkpoints carry the random generators' states (torch, numpy, Python, CUDA), restored when training resumes,
+    so that anything drawing from them after a resume (dropout, drop-path) draws what it would have drawn.
     """
 
     def __init__(
@@ -69,8 +80,15 @@ class ClassificationModule(L.LightningModule):
         class_names: Sequence[str] | None = None,
         ema_decay: float | None = None,
         ema_warmup: bool = False,
+        nonfinite: str = "stop",
     ) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE_MODES:
+            raise ConfigError(f"loss.nonfinite='{nonfinite}' is not one of {', '.join(NONFINITE_MODES)}")
+        self.nonfinite = nonfinite
+        self.nonfinite_skipped = 0  # steps skipped for a non-finite loss, over the whole run
+        self._nonfinite_in_a_row = 0
+        self._rng_to_restore: dict[str, Any] | None = None
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -93,7 +111,6 @@ class ClassificationModule(L.LightningModule):
             self.ema.requires_grad_(False)  # not trained: DDP and the optimizer must not see it
             self.ema.train()  # follows the module's mode like any submodule; validation runs it in eval mode
             self.val_ema_metrics = _accuracy(num_classes).clone(prefix="val_ema/")
-        self._ema_step = -1
         self._train_loss_window = DeviceMean()  # the step losses since the last logged step, summed on the device
         self._pbar_loss: torch.Tensor | None = None
 
@@ -129,6 +146,9 @@ class ClassificationModule(L.LightningModule):
         fetcher = getattr(self.trainer.fit_loop, "_data_fetcher", None)
         if stale is not None and fetcher is not None and stale():
             iter(fetcher)
+        if self._rng_to_restore is not None:  # last: making the iterator may draw (worker seeds)
+            _set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def training_step(self, batch: Sequence[torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every image of the batch was undecodable and skipped (data.skip_bad_images)
@@ -136,6 +156,8 @@ class ClassificationModule(L.LightningModule):
         images, targets = batch[0].contiguous(memory_format=self.memory_format), batch[1]
         outputs = self.model(images)
         loss = self.loss(outputs, targets)
+        if not self._loss_is_finite(loss):
+            return None  # loss.nonfinite=skip: no backward, no update
         logits = split_outputs(outputs)[0].detach()
         for mean, correct in zip(
             self._train_accuracy.values(), topk_correct(logits, targets, self._train_topk.values()), strict=True
@@ -143,6 +165,30 @@ class ClassificationModule(L.LightningModule):
             mean.add(correct, len(targets))
         self._log_train_loss(loss.detach(), len(targets))
         return loss
+
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        finite = bool(torch.isfinite(loss.detach()))  # a host sync: the decision precedes the update
+        if self.trainer.world_size > 1:  # every rank skips (or stops) together, or DDP's all-reduce would hang
+            finite = bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+        if finite:
+            self._nonfinite_in_a_row = 0
+            return True
+        step = self.trainer.global_step + 1  # the step this batch would make (steps count from 1)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+        where = f"step {step} (epoch {self.current_epoch}, batch {self.trainer.fit_loop.epoch_loop.batch_idx + 1})"
+        if self.nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss.detach())} at {where}, lr {lr:.6g}: stopped before its update "
+                "(loss.nonfinite=stop); the last checkpoint is the last good state (resume=auto continues from it)"
+            )
+        self.nonfinite_skipped += 1
+        self._nonfinite_in_a_row += 1
+        if self._nonfinite_in_a_row >= NONFINITE_MAX_IN_A_ROW:
+            raise NonFiniteLossError(
+                f"the training loss is non-finite for {self._nonfinite_in_a_row} steps in a row, the last at {where} "
+                f"(loss {float(loss.detach())}, lr {lr:.6g}): stopped (loss.nonfinite=skip)"
+            )
+        return False
 
     def on_train_epoch_end(self) -> None:
         for name, mean in self._train_accuracy.items():
@@ -165,9 +211,12 @@ class ClassificationModule(L.LightningModule):
         if self._pbar_loss is not None:  # a logging step: its loss is converted for the loggers now anyway
             self.trainer.progress_bar_metrics["train/loss"] = float(self._pbar_loss)
             self._pbar_loss = None
-        # once per optimizer step (not per batch under gradient accumulation, nor for a skipped batch)
-        if self.ema is not None and self.global_step != self._ema_step:
-            self._ema_step = self.global_step
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # once per optimizer step, here rather than in on_train_batch_end: a step checkpoint is written in the
+        # callbacks' on_train_batch_end, which Lightning runs before the module's, and must hold this step's EMA
+        if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
 
     def validation_step(self, batch: Sequence[torch.Tensor] | None, batch_idx: int) -> None:
@@ -224,3 +273,9 @@ class ClassificationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["trainer_config"] = self.config
         checkpoint["class_names"] = self.class_names
+        checkpoint["rng_states"] = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+        self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
