@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with warnings.catch_warnings():
+            # the data module keeps the loader's position itself (state_dict; data/datamodule.py)
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         lock.release()
     wall_time = time.perf_counter() - start

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import random
+
 import lightning as L
+import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler.scheduler import Scheduler
@@ -22,6 +24,29 @@ OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Scheduler]
 NONFINITE_MODES = ("stop", "skip")
 NONFINITE_MAX_IN_A_ROW = 10  # loss.nonfinite=skip: the run stops after this many skipped steps in a row
+
+
+def rng_states() -> dict[str, Any]:
+    """torch's, numpy's, Python's (and CUDA's) generator states, as types a weights-only checkpoint load accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def split_outputs(outputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -112,6 +137,7 @@ class ClassificationModule(L.LightningModule):
             self.ema.train()  # follows the module's mode like any submodule; validation runs it in eval mode
             self.val_ema_metrics = _accuracy(num_classes).clone(prefix="val_ema/")
         self._train_loss_window = DeviceMean()  # the step losses since the last logged step, summed on the device
+        self._train_loss_epoch = DeviceMean()  # the epoch's mean loss, weighted by batch size
         self._pbar_loss: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | Sequence[torch.Tensor]:
@@ -147,7 +173,7 @@ class ClassificationModule(L.LightningModule):
         if stale is not None and fetcher is not None and stale():
             iter(fetcher)
         if self._rng_to_restore is not None:  # last: making the iterator may draw (worker seeds)
-            _set_rng_states(self._rng_to_restore)
+            set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
 
     def training_step(self, batch: Sequence[torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
@@ -190,17 +216,29 @@ class ClassificationModule(L.LightningModule):
             )
         return False
 
+    def _epoch_means(self) -> dict[str, DeviceMean]:
+        """The running means of the epoch in progress: checkpointed, so that a run resumed in the middle of an
+        epoch logs the epoch's figures the uninterrupted run logs."""
+        return {**self._train_accuracy, "train/loss_epoch": self._train_loss_epoch, "loss_window": self._train_loss_window}
+
+    def on_train_epoch_start(self) -> None:
+        # not called for an epoch resumed in its middle (Lightning), whose means come from the checkpoint
+        for mean in self._epoch_means().values():
+            mean.reset()
+
     def on_train_epoch_end(self) -> None:
         for name, mean in self._train_accuracy.items():
             if mean.count:
                 self.log(name, mean.pop(), on_step=False, on_epoch=True, sync_dist=True)
+        if self._train_loss_epoch.count:
+            self.log("train/loss_epoch", self._train_loss_epoch.pop(), on_step=False, on_epoch=True, prog_bar=True)
 
     def _log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         """`train/loss_epoch` (the epoch's mean) and, at logging steps only, `train/loss_step`: the mean loss of the
         steps since the last logging step. Nothing here waits for the device: Lightning turns a progress-bar value
         logged on_step into a Python number at every step (a host sync), so the step loss goes to the loggers
         (which convert at logging steps anyway) and reaches the progress bar in on_train_batch_end of those steps."""
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self._train_loss_epoch.add(loss, batch_size)
         self._train_loss_window.add(loss, batch_size)
         connector = self.trainer._logger_connector  # Lightning's own rule for the steps it sends to the loggers
         if connector.should_update_logs and not self.trainer.fit_loop._should_accumulate():
@@ -273,9 +311,14 @@ class ClassificationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["trainer_config"] = self.config
         checkpoint["class_names"] = self.class_names
-        checkpoint["rng_states"] = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        checkpoint["rng_states"] = rng_states()
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+        checkpoint["epoch_means"] = {name: mean.state_dict() for name, mean in self._epoch_means().items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
         self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
+        means = self._epoch_means()
+        for name, state in (checkpoint.get("epoch_means") or {}).items():
+            if name in means:
+                means[name].load_state_dict(state, self.device)
