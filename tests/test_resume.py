@@ -70,8 +70,11 @@ def _overrides(run_dir: Path, cache_dir: Path, data: str, *extra: str) -> list[s
 
 def _signal_at(step: int, signum: int) -> list[str]:
     target = f"{__name__}.SignalAt"
-    return [f"+callbacks.signal_at._target_={target}", f"+callbacks.signal_at.step={step}",
-            f"+callbacks.signal_at.signum={signum}"]
+    return [
+        f"+callbacks.signal_at._target_={target}",
+        f"+callbacks.signal_at.step={step}",
+        f"+callbacks.signal_at.signum={signum}",
+    ]
 
 
 def _final(run_dir: Path) -> dict:
@@ -88,7 +91,7 @@ def _assert_same_tensors(a, b, where: str) -> None:
             _assert_same_tensors(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same_tensors(x, y, f"{where}[{i}]")
     else:
         assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
@@ -172,8 +175,9 @@ def test_kill_9_after_a_step_checkpoint_then_resume_equals_uninterrupted(
     run_dir = tmp_path / "run"
     args = [*_overrides(run_dir, cache_dir, "sample", *_signal_at(STOP_AT + 1, signal.SIGKILL))]
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
-    out = subprocess.run([PYTHON, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [PYTHON, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     # the step checkpoint of step 6 (every 2 steps) is what survives; step 7 is lost and done again
     assert _final(run_dir)["global_step"] == STOP_AT
@@ -196,8 +200,12 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(cache
 @pytest.mark.integration
 def test_nan_loss_skip_counts_and_stops_after_ten_in_a_row(cache_dir, tmp_path) -> None:
     run_dir = tmp_path / "run"
-    extra = [f"+callbacks.nan._target_={__name__}.NaNAt", "+callbacks.nan.step=1", "loss.nonfinite=skip",
-             "trainer.max_epochs=4"]
+    extra = [
+        f"+callbacks.nan._target_={__name__}.NaNAt",
+        "+callbacks.nan.step=1",
+        "loss.nonfinite=skip",
+        "trainer.max_epochs=3",
+    ]
     with pytest.raises(NonFiniteLossError, match=r"non-finite for 10 steps in a row, the last at step 11"):
         train(compose_config(_overrides(run_dir, cache_dir, "sample", *extra)))
 

@@ -14,10 +14,10 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.engine.interrupt import DeferredInterrupt
 from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
 from trainer.engine.distributed import cluster_plugins
 from trainer.engine.fast_paths import compile_model, resolve_switch
+from trainer.engine.interrupt import DeferredInterrupt
 from trainer.errors import ConfigError, UserError
 from trainer.models import create_model, data_defaults, get_entry, load_weights
 from trainer.models.catalogue import TIMM_PREFIX, check_resolution

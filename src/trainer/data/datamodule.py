@@ -17,8 +17,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from timm.data import create_transform
 from lightning.pytorch.utilities import rank_zero_info
+from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainer.data.folder import ImageFolderDataset, SharedInt, SkipCounter, collate_skipping_bad, validate_layout

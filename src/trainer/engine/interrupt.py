@@ -14,6 +14,7 @@ With several processes, rank 0's flag decides for all (broadcast each step, as L
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from typing import Any
 
@@ -35,10 +36,8 @@ class DeferredInterrupt(L.Callback):
         self._pending = int(signum)
 
     def _install(self, signum: int) -> None:
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread: leave the signals alone
             self._previous[signum] = signal.signal(signum, self._handler)
-        except ValueError:  # not the main thread: leave the signals alone
-            pass
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._pending = None

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import random
 
 import lightning as L
 import numpy as np
@@ -219,7 +218,11 @@ class ClassificationModule(L.LightningModule):
     def _epoch_means(self) -> dict[str, DeviceMean]:
         """The running means of the epoch in progress: checkpointed, so that a run resumed in the middle of an
         epoch logs the epoch's figures the uninterrupted run logs."""
-        return {**self._train_accuracy, "train/loss_epoch": self._train_loss_epoch, "loss_window": self._train_loss_window}
+        return {
+            **self._train_accuracy,
+            "train/loss_epoch": self._train_loss_epoch,
+            "loss_window": self._train_loss_window,
+        }
 
     def on_train_epoch_start(self) -> None:
         # not called for an epoch resumed in its middle (Lightning), whose means come from the checkpoint
