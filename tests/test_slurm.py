@@ -1,6 +1,7 @@
 """slurm/train.sbatch and scripts/submit.py on a real one-node SLURM cluster on localhost (the `slurm_cluster`
 fixture): a 2-task gloo job whose top-1 equals the single-process evaluation, and a job preempted mid-epoch with
-SIGUSR1 that saves, requeues itself, resumes from the saved step and ends with the uninterrupted step count."""
+SIGUSR1 that saves, requeues itself, resumes from the saved step and ends with the weights and top-1 of the job
+left alone (exact resumption, docs/resume.md)."""
 
 from __future__ import annotations
 
@@ -66,15 +67,30 @@ def _sbatch(tmp_path: Path, run_dir: Path, overrides: list[str]) -> str:
     ).stdout.strip()
 
 
-@pytest.mark.slow
-def test_two_task_job_matches_single_process_evaluation(
-    slurm_cluster: str, cache_dir: Path, sample_root: Path, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def uninterrupted_job(slurm_cluster: str, cache_dir: Path, sample_root: Path, tmp_path_factory) -> dict:
+    """The 2-task job left alone, run once: the reference of the preempted job (tests/test_resume.py's guarantee)."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
     root = odd_val_root(sample_root, tmp_path / "data")
     run_dir = tmp_path / "run"
     job_id = _sbatch(tmp_path, run_dir, _overrides(root, cache_dir, run_dir))
     job = _wait(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
     log = (tmp_path / f"slurm-{job_id}.out").read_text()
+    return {"job": job, "log": log, "root": root, "run_dir": run_dir}
+
+
+def _first_difference(a: dict, b: dict) -> str | None:
+    for key in a:
+        if key not in b or not torch.equal(a[key], b[key]):
+            return key
+    return None
+
+
+@pytest.mark.slow
+def test_two_task_job_matches_single_process_evaluation(
+    uninterrupted_job: dict, cache_dir: Path, tmp_path: Path
+) -> None:
+    job, log, root, run_dir = (uninterrupted_job[k] for k in ("job", "log", "root", "run_dir"))
     assert job["JobState"] == "COMPLETED", log[-3000:]
     assert "Starting with 2 processes" in log and "16 per device x 2 device(s) x 1 node(s)" in log
     results = json.loads((run_dir / "results.json").read_text())
@@ -87,7 +103,7 @@ def test_two_task_job_matches_single_process_evaluation(
 
 @pytest.mark.slow
 def test_preempted_job_requeues_resumes_and_finishes(
-    slurm_cluster: str, cache_dir: Path, sample_root: Path, tmp_path: Path
+    uninterrupted_job: dict, cache_dir: Path, sample_root: Path, tmp_path: Path
 ) -> None:
     root = odd_val_root(sample_root, tmp_path / "data")
     run_dir = tmp_path / "run"
@@ -131,6 +147,15 @@ def test_preempted_job_requeues_resumes_and_finishes(
     assert results["global_step"] == EPOCHS * BATCHES  # as the uninterrupted run
     assert results["epochs"] == EPOCHS
     assert metrics.is_file()
+    # exact resumption: the weights and the figures of the job left alone (SLURM's signal is handled at a step's end)
+    if saved_step % BATCHES:  # saved in the middle of an epoch: the resume skips what was trained of it
+        assert f"resuming at epoch {saved_step // BATCHES}, step {saved_step}:" in log
+    reference = uninterrupted_job["run_dir"]
+    want = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    got = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert _first_difference(got["state_dict"], want["state_dict"]) is None, "the weights differ"
+    expected = json.loads((reference / "results.json").read_text())
+    assert (results["top1"], results["val_loss"]) == (expected["top1"], expected["val_loss"])
 
 
 @pytest.mark.slow

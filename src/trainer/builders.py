@@ -18,6 +18,7 @@ from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
 from trainer.engine.compat import quiet_known_noise
 from trainer.engine.distributed import cluster_plugins
 from trainer.engine.fast_paths import compile_model, resolve_switch
+from trainer.engine.interrupt import DeferredInterrupt
 from trainer.errors import ConfigError, UserError
 from trainer.models import create_model, data_defaults, get_entry, load_weights
 from trainer.models.catalogue import TIMM_PREFIX, check_resolution
@@ -175,6 +176,7 @@ def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> C
         class_names=class_names,
         ema_decay=cfg.ema.decay if cfg.get("ema") else None,
         ema_warmup=bool(cfg.ema.warmup) if cfg.get("ema") else False,
+        nonfinite=str(cfg.loss.get("nonfinite", "stop")),
     )
     if compile_:
         compile_model(module.model, cfg.model.name)  # in place, eager where compiling fails (with a warning)
@@ -188,6 +190,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
 
 def _build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks.append(DeferredInterrupt())  # Ctrl-C and SLURM's signal at a step's end (engine/interrupt.py)
     if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]

@@ -39,6 +39,14 @@ class CheckpointError(UserError):
     """A checkpoint is missing or does not match what was requested."""
 
 
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite (loss.nonfinite): the run stopped, its last checkpoint kept."""
+
+
+class RunDirLockedError(UserError):
+    """Another live run holds the run directory's lock."""
+
+
 def close_matches(name: str, choices: Iterable[str], n: int = 5) -> str:
     """', '-joined close matches of `name` in `choices` (for 'did you mean' messages)."""
     choices = list(choices)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from trainer.engine.distributed import check_devices, process_rank
 from trainer.engine.loggers import announce
 from trainer.engine.resume import newest_readable, prune_hpc
 from trainer.engine.run_dir import check_reuse, complete_message, finished_run
+from trainer.engine.run_lock import RunLock
 from trainer.errors import CheckpointError, ConfigError
 
 RESUME_MODES = ("never", "auto")
@@ -119,15 +121,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         f"lr {effective_lr(cfg):.6g} (optim.lr {cfg.optim.lr} for batch {cfg.optim.get('ref_batch_size')}, "
         f"scaling {cfg.optim.get('lr_scaling', 'none')})" + (f"; resuming from {ckpt_path}" if ckpt_path else "")
     )
+    lock = RunLock(run_dir)
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # one live run per run directory (engine/run_lock.py)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         if ckpt_path:
             prune_hpc(run_dir / "checkpoints", ckpt_path)  # keep the two newest requeue checkpoints
 
     start = time.perf_counter()
-    with quiet_known_noise(resuming=bool(ckpt_path)):  # messages the user cannot act on (engine/compat.py)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        with quiet_known_noise(resuming=bool(ckpt_path)), warnings.catch_warnings():
+            # messages the user cannot act on (engine/compat.py); the data module keeps the loader's position
+            # itself (state_dict; data/datamodule.py), so Lightning's mid-epoch resume warning does not apply
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        lock.release()
     wall_time = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -146,6 +155,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_top1": best_top1(checkpoint),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
+        "nonfinite_skipped": module.nonfinite_skipped,
         "params": params,
         "wall_time_s": wall_time,
         "images_per_sec": statistics.median(throughput) if throughput else None,

@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -108,8 +109,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         drop_last: bool = True,
+        step_checkpoint_minutes: float | None = None,
     ) -> None:
         super().__init__()
+        # read by conf/train.yaml (checkpoint.every_n_minutes): the data set's step-checkpoint interval
+        self.step_checkpoint_minutes = step_checkpoint_minutes
         # No save_hyperparameters(): Lightning refuses to log when model and datamodule hparams share a key
         # (num_classes) with different values, and the run config is recorded by Hydra anyway.
         self.root = str(root)
@@ -142,6 +146,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_resolution_schedule: Callable[[int], int] | None = None
         self._train_resolution: int | None = None
         self._iterator_epoch: int | None = None  # the epoch the training iterator in use was made for
+        # Where a resumed run continues (load_state_dict): (epoch, batches of it already trained, global step).
+        self._resume_at: tuple[int, int, int] | None = None
+        self._train_sampler: SeededDistributedSampler | None = None
         # One counter for both splits, shared with worker processes.
         self._skipped = SkipCounter()
 
@@ -241,24 +248,59 @@ class ImageFolderDataModule(L.LightningDataModule):
         if isinstance(transform, ResolutionAwareTransform):
             transform.resolution.value = self._train_resolution
 
-    def _begin_train_epoch(self, epoch: int | None = None) -> None:
-        """Called as each training epoch's iterator is made, before any of its batches: applies the resolution
-        schedule for the trainer's current epoch."""
+    def _begin_train_epoch(self, epoch: int | None = None) -> int:
+        """Called as each training epoch's iterator is made, before any of its batches: sets the sampler's epoch
+        and the resolution schedule for the trainer's current epoch; returns how many of the epoch's batches this
+        iterator skips (those a resumed run trained before it stopped; 0 otherwise)."""
         trainer = self.trainer
         epoch = int(trainer.current_epoch) if trainer is not None else epoch
         self._iterator_epoch = epoch
         if self.train_resolution_schedule is not None and epoch is not None:
             self.set_train_resolution(self.train_resolution_schedule(epoch))
+        skip = self._resume_skip(epoch)
+        if self._train_sampler is not None and epoch is not None:
+            # Lightning sets the sampler's epoch only after the first iterator of a (resumed) fit is made
+            self._train_sampler.set_epoch(epoch)
+            self._train_sampler.skip_next(skip * self.per_device_batch_size)
+        return skip
+
+    def _resume_skip(self, epoch: int | None) -> int:
+        """The batches of `epoch` a resumed run already trained (once: the next iterators start at 0)."""
+        if self._resume_at is None or epoch is None or self._resume_at[0] != epoch:
+            return 0
+        _, batches, step = self._resume_at
+        self._resume_at = None
+        rank_zero_info(
+            f"resuming at epoch {epoch}, step {step}: the first {batches} batch(es) of epoch {epoch}, trained before "
+            "the interruption, are skipped (not read)"
+        )
+        return batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position, saved in every checkpoint: the epoch, the batches of it trained so far
+        (this rank's) and the step. The order and the augmentation follow from (seed, epoch) (data/samplers.py)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        batches = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return {
+            "epoch": int(trainer.current_epoch),
+            "batches": batches,
+            "global_step": int(trainer.global_step),
+            "seed": int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state and "epoch" in state:
+            self._resume_at = (int(state["epoch"]), int(state["batches"]), int(state.get("global_step", 0)))
 
     def train_iterator_is_stale(self) -> bool:
-        """Whether the training iterator in use was made for another epoch than the trainer's, in a way that
-        matters (here: another resolution). Lightning makes a resumed run's first iterator before it restores the
-        epoch (to count the steps); ClassificationModule.on_train_start then asks for a fresh one."""
+        """Whether the training iterator in use was made for another epoch than the trainer's. Lightning makes a
+        resumed run's first iterator before it restores the epoch (to count the steps); the order, the
+        augmentation seeds, the resolution and the batches to skip follow the epoch, so
+        ClassificationModule.on_train_start then asks for a fresh one."""
         trainer, made_for = self.trainer, self._iterator_epoch
-        if trainer is None or made_for is None or made_for == trainer.current_epoch:
-            return False
-        schedule = self.train_resolution_schedule
-        return schedule is not None and schedule(made_for) != schedule(int(trainer.current_epoch))
+        return trainer is not None and made_for is not None and made_for != trainer.current_epoch
 
     def val_transform(self) -> Callable:
         self._check_transform_config()
@@ -332,9 +374,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         """This rank's share of the epoch's shuffled order, with a per-sample augmentation seed (data/samplers.py):
         the same batches for a given seed whatever the worker count. The seed is Lightning's (`seed_everything`)."""
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        return SeededDistributedSampler(
+        self._train_sampler = SeededDistributedSampler(
             self.train_set, num_replicas=self.world_size, rank=self.global_rank, shuffle=True, seed=seed
         )
+        return self._train_sampler
 
     def val_sampler(self) -> Sampler | None:
         """Under several processes, each rank's strided share of the val set, unpadded (exact distributed

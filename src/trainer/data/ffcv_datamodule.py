@@ -23,8 +23,9 @@ What differs from the folder loader: resizing is OpenCV's area interpolation (`i
 once on the crop; the validation crop is taken before resizing (the folder loader resizes, then crops: the same
 region up to rounding, resampled differently unless no resampling is needed); images written in `jpg` or
 `proportion` mode were re-encoded as JPEG at writing; undecodable images were skipped when the file was written;
-ffcv's loader workers are threads in this process (`num_workers`), and its random crops and flips draw from
-numba's generator, which `seed` does not fix (the order does follow `seed` and the epoch).
+ffcv's loader workers are threads in this process (`num_workers`). The order follows `seed` and the epoch, and the
+random crops and flips follow `seed`, the epoch and the image (trainer.data.ffcv_ops, "Seeded augmentation"): two
+runs with the same seed read the same batches, and a resumed run those of the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -200,11 +201,16 @@ class FFCVDataModule(ImageFolderDataModule):
         return OrderOption[order.upper()]
 
     def _train_decoder_for(self, augment: Mapping[str, Any], output: int) -> Any:
-        from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+        decoder = self._train_crop_for(augment, output)
+        if hasattr(decoder, "epoch_seed"):  # our seeded crop decoders draw the flip too, seeded per image
+            decoder.flip = float(augment.get("hflip") or 0.0)
+        return decoder
 
+    def _train_crop_for(self, augment: Mapping[str, Any], output: int) -> Any:
         from trainer.data.ffcv_ops import (
             CenterRandomCropRGBImageDecoder,
             ScaleJitterRGBImageDecoder,
+            SeededRandomResizedCropRGBImageDecoder,
             SquashRandomCropRGBImageDecoder,
         )
 
@@ -212,7 +218,9 @@ class FFCVDataModule(ImageFolderDataModule):
         crop = augment.get("crop", "random_resized")
         size = (output, output)
         if crop == "random_resized":
-            return RandomResizedCropRGBImageDecoder(size, scale=tuple(augment["scale"]), ratio=tuple(augment["ratio"]))
+            return SeededRandomResizedCropRGBImageDecoder(
+                size, scale=tuple(augment["scale"]), ratio=tuple(augment["ratio"])
+            )
         if crop == "scale_jitter":
             low, high = (_scaled(s, resolution) for s in augment["jitter_sizes"])
             if not 0 < low <= high:
@@ -231,7 +239,7 @@ class FFCVDataModule(ImageFolderDataModule):
     def _pipelines(self, train: bool, device: torch.device) -> dict[str, list[Any]]:
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
         from trainer.data.ffcv_ops import DeviceNormalize, ExactNormalize
 
@@ -241,13 +249,15 @@ class FFCVDataModule(ImageFolderDataModule):
         if train:
             augment = self.train_augment()
             self._train_decoder = self._train_decoder_for(augment, self.train_resolution)
-            image: list[Any] = [self._train_decoder]
-            if augment.get("crop") == "pad_random":  # zero padding on each side, then a random crop of the size
-                from ffcv.transforms import RandomTranslate
+            image: list[Any] = [self._train_decoder]  # crop and flip (seeded per image)
+            if augment.get("crop") in ("pad_random", "none"):  # CIFAR: stored at their size, decoded whole
+                # zero padding on each side, then a random crop of the size; flips by ffcv's (unseeded) op
+                from ffcv.transforms import RandomHorizontalFlip, RandomTranslate
 
-                image.append(RandomTranslate(padding=int(augment.get("padding", 4)), fill=(0, 0, 0)))
-            if augment.get("hflip"):
-                image.append(RandomHorizontalFlip(float(augment["hflip"])))
+                if augment.get("crop") == "pad_random":
+                    image.append(RandomTranslate(padding=int(augment.get("padding", 4)), fill=(0, 0, 0)))
+                if augment.get("hflip"):
+                    image.append(RandomHorizontalFlip(float(augment["hflip"])))
             deferred = needs_batch_augment(augment)
             self._batch_augment = (
                 BatchAugment(augment, resolution=resolution, mean=mean, std=std, dtype=self._dtype(device))
@@ -308,6 +318,7 @@ class FFCVDataModule(ImageFolderDataModule):
                 batches_ahead=self.batches_ahead,
                 epoch=(lambda: trainer.current_epoch) if train and trainer is not None else None,
                 before_epoch=self._begin_train_epoch if train else None,
+                recompile=train,  # the epoch's augmentation seed is compiled in (ffcv_ops, "Seeded augmentation")
             )
         except (ConfigError, DataError):
             raise
@@ -325,16 +336,19 @@ class FFCVDataModule(ImageFolderDataModule):
 
     # -- loaders -----------------------------------------------------------------------------------------------
 
+    def _begin_train_epoch(self, epoch: int | None = None) -> int:
+        skip = super()._begin_train_epoch(epoch)
+        if self._train_decoder is not None and self._iterator_epoch is not None:
+            from trainer.data.ffcv_ops import epoch_seed
+
+            self._train_decoder.epoch_seed = epoch_seed(self.seed, self._iterator_epoch)
+        return skip
+
     def set_train_resolution(self, resolution: int) -> None:
         """Decode training images at `resolution` from the next epoch on (the decoder's output size)."""
         super().set_train_resolution(resolution)
         if self._train_decoder is not None:
             self._train_decoder.output_size = (self._train_resolution, self._train_resolution)
-
-    def train_iterator_is_stale(self) -> bool:
-        """ffcv's order (and the decoder's size) follow the epoch: any other epoch is stale."""
-        trainer, made_for = self.trainer, self._iterator_epoch
-        return trainer is not None and made_for is not None and made_for != trainer.current_epoch
 
     def train_dataloader(self) -> Any:
         self.setup("fit")

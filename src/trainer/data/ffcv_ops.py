@@ -9,6 +9,14 @@ module imports this module only once ffcv is known to import).
 - `ScaleJitterRGBImageDecoder`, `CenterRandomCropRGBImageDecoder`, `SquashRandomCropRGBImageDecoder`: the recipes'
   `scale_jitter` (VGG, ResNet), `center_random` (AlexNet) and `squash_random` crops as ffcv decoders: the crop the
   folder loader takes, located in the stored image and resized once.
+- Seeded augmentation: ffcv's random crops and flips draw from numba's generator, one per thread, never seeded.
+  The training decoders here (`SeededRandomResizedCropRGBImageDecoder` and the crop decoders above) seed it before each
+  image's crop and flip with a function of (`seed`, epoch, the image's index in the file), as the folder loader
+  seeds each sample (data/samplers.py); the flip is drawn in the decoder (ffcv's RandomHorizontalFlip draws a whole
+  batch outside its threads). Issue 21 asks for (seed, epoch, rank, batch index); the image's index is the
+  stricter reading: the same image gets the same crop in an epoch whatever the rank, the batch it lands in, the
+  thread count or the batches skipped on resume. The epoch's seed is compiled into the pipeline, so the training
+  pipeline is compiled again at each epoch start (a few seconds; ffcv's `recompile`).
 - `Loader`: ffcv's Loader made safe for Lightning. ffcv recycles `batches_ahead + 2` output buffers and assumes the
   consumer holds one batch; Lightning holds two (it fetches the next batch before training on the current one),
   so one more buffer than the queue can fill is kept. The epoch that seeds the order comes from the trainer, and
@@ -32,7 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
+from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, get_random_crop
+from ffcv.libffcv import imdecode, resize_crop
 from ffcv.loader import Loader as _FFCVLoader
 from ffcv.loader.epoch_iterator import EpochIterator as _FFCVEpochIterator
 from ffcv.pipeline import compiler as _compiler
@@ -44,12 +53,13 @@ from ffcv.transforms import NormalizeImage
 from ffcv.traversal_order import QuasiRandom
 
 __all__ = [
-    "CenterRandomCropRGBImageDecoder",
     "DeviceNormalize",
     "ExactNormalize",
     "Loader",
     "ScaleJitterRGBImageDecoder",
+    "CenterRandomCropRGBImageDecoder",
     "SquashRandomCropRGBImageDecoder",
+    "SeededRandomResizedCropRGBImageDecoder",
 ]
 
 
@@ -144,7 +154,81 @@ def _squash_random_crop(height, width, fraction, _):  # numba-compiled by ffcv
     return i, j, h, w
 
 
-class ScaleJitterRGBImageDecoder(ResizedCropRGBImageDecoder):
+_SEED_MOD = 2147483647  # numba's np.random.seed takes a 32-bit seed; a prime modulus spreads image indices
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The 31-bit seed of one epoch's training augmentation (the folder loader's splitmix of (seed, epoch))."""
+    from trainer.data.samplers import sample_seed
+
+    return sample_seed(int(seed), int(epoch), 0) % _SEED_MOD
+
+
+class SeededCropDecoder(ResizedCropRGBImageDecoder):
+    """ffcv's ResizedCropRGBImageDecoder.generate_code (ffcv 1.0.2, fields/rgb_image.py), with numba's generator
+    seeded per image from (`epoch_seed`, image index) before its crop, and a horizontal flip with probability
+    `flip` drawn after it. Set `epoch_seed` before the pipeline is compiled for the epoch."""
+
+    epoch_seed = 0
+    flip = 0.0
+
+    def generate_code(self) -> Callable:
+        from ffcv.pipeline.compiler import Compiler
+
+        jpg = IMAGE_MODES["jpg"]
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        get_crop_c = Compiler.compile(self.get_crop_generator)
+        scale = np.asarray(self.scale, dtype=np.float64)
+        ratio = np.asarray(self.ratio, dtype=np.float64)
+        base = np.int64(self.epoch_seed)
+        flip = float(self.flip)
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            for dst_ix in my_range(len(batch_indices)):
+                source_ix = batch_indices[dst_ix]
+                # this thread's generator, seeded for this image in this epoch
+                np.random.seed(np.uint32((base + np.int64(source_ix) * np.int64(1000003)) % np.int64(_SEED_MOD)))
+                field = metadata[source_ix]
+                image_data = mem_read(field["data_ptr"], storage_state)
+                height = np.uint32(field["height"])
+                width = np.uint32(field["width"])
+                if field["mode"] == jpg:
+                    temp_buffer = temp_storage[dst_ix]
+                    imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                    selected_size = 3 * height * width
+                    temp_buffer = temp_buffer.reshape(-1)[:selected_size]
+                    temp_buffer = temp_buffer.reshape(height, width, 3)
+                else:
+                    temp_buffer = image_data.reshape(height, width, 3)
+                i, j, h, w = get_crop_c(height, width, scale, ratio)
+                resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
+                if flip > 0 and np.random.random() < flip:
+                    destination[dst_ix] = destination[dst_ix][:, ::-1].copy()
+            return destination[: len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class SeededRandomResizedCropRGBImageDecoder(SeededCropDecoder):
+    """ffcv's RandomResizedCropRGBImageDecoder (the same crop generator), seeded per image (SeededCropDecoder)."""
+
+    def __init__(self, output_size: tuple[int, int], scale=(0.08, 1.0), ratio=(0.75, 4 / 3), flip: float = 0.0):
+        super().__init__(output_size)
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        self.flip = float(flip)
+
+    @property
+    def get_crop_generator(self) -> Callable:
+        return get_random_crop
+
+
+class ScaleJitterRGBImageDecoder(SeededCropDecoder):
     """Scale jitter (VGG Sec. 3.1, ResNet Sec. 3.4) as a decoder: the shorter side's size S drawn uniformly from
     the integers [low, high] (pixels at `resolution`), a random square crop of what would be `resolution` pixels
     after resizing to S, resized to the output size. The proportions hold when the output size changes
@@ -160,7 +244,7 @@ class ScaleJitterRGBImageDecoder(ResizedCropRGBImageDecoder):
         return _scale_jitter_crop
 
 
-class SquashRandomCropRGBImageDecoder(ResizedCropRGBImageDecoder):
+class SquashRandomCropRGBImageDecoder(SeededCropDecoder):
     """The squashed form of AlexNet's crop as a decoder: the image resized to `size` x `size`, a random `resolution`
     crop of it; i.e. a random (resolution / size) fraction of each side of the stored image, resized to the output
     size."""
@@ -234,7 +318,7 @@ class Loader(_FFCVLoader):
         *args: Any,
         batches_ahead: int = 3,
         epoch: Callable[[], int] | None = None,
-        before_epoch: Callable[[int], None] | None = None,
+        before_epoch: Callable[[int], int | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, batches_ahead=int(batches_ahead) + 1, **kwargs)
@@ -262,11 +346,12 @@ class Loader(_FFCVLoader):
         self.close()
         if self._epoch is not None:
             self.next_epoch = int(self._epoch())
-        if self._before_epoch is not None:  # e.g. progressive resizing: the epoch's decoder output size
-            self._before_epoch(self.next_epoch)
+        skip = 0
+        if self._before_epoch is not None:  # the epoch's decoder size and seed; the batches a resumed run skips
+            skip = int(self._before_epoch(self.next_epoch) or 0)
         _compiler.Compiler.set_num_threads(self.num_workers)
         order = self.next_traversal_order()
-        selected = order[: len(self) * self.batch_size]
+        selected = order[: len(self) * self.batch_size][skip * self.batch_size :]  # skipped images are not read
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()

@@ -45,12 +45,24 @@ class SeededDistributedSampler(DistributedSampler):
     """DistributedSampler (shuffled by seed + epoch, padded to equal shares) that yields `(index, sample_seed)`.
 
     Works for one process too (`num_replicas=1, rank=0`). Lightning calls `set_epoch` at every epoch start and,
-    since this is a DistributedSampler, does not replace it with its own.
+    since this is a DistributedSampler, does not replace it with its own; the data module sets it too, as each
+    epoch's iterator is made (Lightning's call comes after that).
+
+    `skip_next(n)`: the next iteration starts at this rank's n-th sample of the epoch (a run resumed in the middle
+    of an epoch): the samples before it are never read. Later iterations start at 0 again. The length stays the
+    epoch's, which is what Lightning counts the epoch's steps by.
     """
 
+    _skip = 0
+
+    def skip_next(self, samples: int) -> None:
+        self._skip = max(int(samples), 0)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        epoch = self.epoch
-        return ((index, sample_seed(self.seed, epoch, index)) for index in super().__iter__())
+        epoch, skip = self.epoch, self._skip
+        self._skip = 0
+        indices = list(super().__iter__())[skip:]
+        return ((index, sample_seed(self.seed, epoch, index)) for index in indices)
 
 
 class SeededDataset(Dataset):

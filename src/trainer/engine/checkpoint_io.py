@@ -3,10 +3,14 @@
 Lightning's default writes through an fsspec transaction whose temporary file lives in the system temp directory,
 so the final move can be a copy across file systems. Here the bytes go to a temporary file beside the target, are
 flushed to disk, and replace the target with one `os.replace` (atomic on POSIX within a file system).
+
+A full disk (or quota) during the write: the partial temporary file is removed, the previous checkpoint is left as
+it was, and the run stops with one line saying so (CheckpointError), rather than train on without checkpoints.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +18,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from trainer.errors import CheckpointError
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _umask() -> int:
@@ -33,8 +41,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            raise CheckpointError(
+                f"no space left on the device while writing checkpoint '{path}' ({os.strerror(e.errno)}): the "
+                "previous checkpoint is kept as it was; free space and continue with resume=auto"
+            ) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

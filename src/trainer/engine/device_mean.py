@@ -14,7 +14,7 @@ class DeviceMean:
 
     def add(self, value: torch.Tensor, weight: float = 1.0) -> None:
         weighted = value.detach().float() * weight
-        self._sum = weighted if self._sum is None else self._sum + weighted
+        self._sum = weighted if self._sum is None else self._sum.to(weighted.device) + weighted
         self._weight += weight
 
     @property
@@ -29,3 +29,14 @@ class DeviceMean:
         mean = self._sum / self._weight
         self._sum, self._weight = None, 0.0
         return mean
+
+    def state_dict(self) -> dict:
+        """The running sum and weight (kept in step checkpoints: a resumed epoch's mean is the uninterrupted one)."""
+        return {"sum": None if self._sum is None else self._sum.detach().cpu(), "weight": self._weight}
+
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:  # add() moves it
+        self._sum = None if state["sum"] is None else state["sum"].to(device)
+        self._weight = float(state["weight"])
+
+    def reset(self) -> None:
+        self._sum, self._weight = None, 0.0

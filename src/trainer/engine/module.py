@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,10 +17,35 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from trainer.engine.device_mean import DeviceMean
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, NonFiniteLossError
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Scheduler]
+NONFINITE_MODES = ("stop", "skip")
+NONFINITE_MAX_IN_A_ROW = 10  # loss.nonfinite=skip: the run stops after this many skipped steps in a row
+
+
+def rng_states() -> dict[str, Any]:
+    """torch's, numpy's, Python's (and CUDA's) generator states, as types a weights-only checkpoint load accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def split_outputs(outputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -52,6 +79,14 @@ class ClassificationModule(L.LightningModule):
     (timm's ModelEmaV3: ema = decay * ema + (1 - decay) * w, starting from the first step's weights): the
     Inception/Xception papers' Polyak averaging and EfficientNet's EMA (0.9999). It is checkpointed with the raw
     weights (`ema.module.*`), and validation reports both: `val/top1` (raw) and `val_ema/top1` (averaged).
+
+    A non-finite loss (`nonfinite`): `stop` ends the run at that step with one line (the step, the loss, the lr),
+    before its update, so the last checkpoint written is the last good state; `skip` skips the step's update,
+    counts it (`nonfinite_skipped`, kept in checkpoints) and stops after NONFINITE_MAX_IN_A_ROW in a row. Checking
+    costs one host sync per step (the loss must be known before the update).
+
+    Checkpoints carry the random generators' states (torch, numpy, Python, CUDA), restored when training resumes,
+    so that anything drawing from them after a resume (dropout, drop-path) draws what it would have drawn.
     """
 
     def __init__(
@@ -69,8 +104,15 @@ class ClassificationModule(L.LightningModule):
         class_names: Sequence[str] | None = None,
         ema_decay: float | None = None,
         ema_warmup: bool = False,
+        nonfinite: str = "stop",
     ) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE_MODES:
+            raise ConfigError(f"loss.nonfinite='{nonfinite}' is not one of {', '.join(NONFINITE_MODES)}")
+        self.nonfinite = nonfinite
+        self.nonfinite_skipped = 0  # steps skipped for a non-finite loss, over the whole run
+        self._nonfinite_in_a_row = 0
+        self._rng_to_restore: dict[str, Any] | None = None
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -93,8 +135,8 @@ class ClassificationModule(L.LightningModule):
             self.ema.requires_grad_(False)  # not trained: DDP and the optimizer must not see it
             self.ema.train()  # follows the module's mode like any submodule; validation runs it in eval mode
             self.val_ema_metrics = _accuracy(num_classes).clone(prefix="val_ema/")
-        self._ema_step = -1
         self._train_loss_window = DeviceMean()  # the step losses since the last logged step, summed on the device
+        self._train_loss_epoch = DeviceMean()  # the epoch's mean loss, weighted by batch size
         self._pbar_loss: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | Sequence[torch.Tensor]:
@@ -129,6 +171,9 @@ class ClassificationModule(L.LightningModule):
         fetcher = getattr(self.trainer.fit_loop, "_data_fetcher", None)
         if stale is not None and fetcher is not None and stale():
             iter(fetcher)
+        if self._rng_to_restore is not None:  # last: making the iterator may draw (worker seeds)
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def training_step(self, batch: Sequence[torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every image of the batch was undecodable and skipped (data.skip_bad_images)
@@ -136,6 +181,8 @@ class ClassificationModule(L.LightningModule):
         images, targets = batch[0].contiguous(memory_format=self.memory_format), batch[1]
         outputs = self.model(images)
         loss = self.loss(outputs, targets)
+        if not self._loss_is_finite(loss):
+            return None  # loss.nonfinite=skip: no backward, no update
         logits = split_outputs(outputs)[0].detach()
         for mean, correct in zip(
             self._train_accuracy.values(), topk_correct(logits, targets, self._train_topk.values()), strict=True
@@ -144,17 +191,57 @@ class ClassificationModule(L.LightningModule):
         self._log_train_loss(loss.detach(), len(targets))
         return loss
 
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        finite = bool(torch.isfinite(loss.detach()))  # a host sync: the decision precedes the update
+        if self.trainer.world_size > 1:  # every rank skips (or stops) together, or DDP's all-reduce would hang
+            finite = bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+        if finite:
+            self._nonfinite_in_a_row = 0
+            return True
+        step = self.trainer.global_step + 1  # the step this batch would make (steps count from 1)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+        where = f"step {step} (epoch {self.current_epoch}, batch {self.trainer.fit_loop.epoch_loop.batch_idx + 1})"
+        if self.nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss.detach())} at {where}, lr {lr:.6g}: stopped before its update "
+                "(loss.nonfinite=stop); the last checkpoint is the last good state (resume=auto continues from it)"
+            )
+        self.nonfinite_skipped += 1
+        self._nonfinite_in_a_row += 1
+        if self._nonfinite_in_a_row >= NONFINITE_MAX_IN_A_ROW:
+            raise NonFiniteLossError(
+                f"the training loss is non-finite for {self._nonfinite_in_a_row} steps in a row, the last at {where} "
+                f"(loss {float(loss.detach())}, lr {lr:.6g}): stopped (loss.nonfinite=skip)"
+            )
+        return False
+
+    def _epoch_means(self) -> dict[str, DeviceMean]:
+        """The running means of the epoch in progress: checkpointed, so that a run resumed in the middle of an
+        epoch logs the epoch's figures the uninterrupted run logs."""
+        return {
+            **self._train_accuracy,
+            "train/loss_epoch": self._train_loss_epoch,
+            "loss_window": self._train_loss_window,
+        }
+
+    def on_train_epoch_start(self) -> None:
+        # not called for an epoch resumed in its middle (Lightning), whose means come from the checkpoint
+        for mean in self._epoch_means().values():
+            mean.reset()
+
     def on_train_epoch_end(self) -> None:
         for name, mean in self._train_accuracy.items():
             if mean.count:
                 self.log(name, mean.pop(), on_step=False, on_epoch=True, sync_dist=True)
+        if self._train_loss_epoch.count:
+            self.log("train/loss_epoch", self._train_loss_epoch.pop(), on_step=False, on_epoch=True, prog_bar=True)
 
     def _log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         """`train/loss_epoch` (the epoch's mean) and, at logging steps only, `train/loss_step`: the mean loss of the
         steps since the last logging step. Nothing here waits for the device: Lightning turns a progress-bar value
         logged on_step into a Python number at every step (a host sync), so the step loss goes to the loggers
         (which convert at logging steps anyway) and reaches the progress bar in on_train_batch_end of those steps."""
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self._train_loss_epoch.add(loss, batch_size)
         self._train_loss_window.add(loss, batch_size)
         connector = self.trainer._logger_connector  # Lightning's own rule for the steps it sends to the loggers
         if connector.should_update_logs and not self.trainer.fit_loop._should_accumulate():
@@ -165,9 +252,12 @@ class ClassificationModule(L.LightningModule):
         if self._pbar_loss is not None:  # a logging step: its loss is converted for the loggers now anyway
             self.trainer.progress_bar_metrics["train/loss"] = float(self._pbar_loss)
             self._pbar_loss = None
-        # once per optimizer step (not per batch under gradient accumulation, nor for a skipped batch)
-        if self.ema is not None and self.global_step != self._ema_step:
-            self._ema_step = self.global_step
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # once per optimizer step, here rather than in on_train_batch_end: a step checkpoint is written in the
+        # callbacks' on_train_batch_end, which Lightning runs before the module's, and must hold this step's EMA
+        if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
 
     def validation_step(self, batch: Sequence[torch.Tensor] | None, batch_idx: int) -> None:
@@ -224,3 +314,14 @@ class ClassificationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["trainer_config"] = self.config
         checkpoint["class_names"] = self.class_names
+        checkpoint["rng_states"] = rng_states()
+        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+        checkpoint["epoch_means"] = {name: mean.state_dict() for name, mean in self._epoch_means().items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+        self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
+        means = self._epoch_means()
+        for name, state in (checkpoint.get("epoch_means") or {}).items():
+            if name in means:
+                means[name].load_state_dict(state, self.device)
