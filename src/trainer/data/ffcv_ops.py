@@ -53,13 +53,13 @@ from ffcv.transforms import NormalizeImage
 from ffcv.traversal_order import QuasiRandom
 
 __all__ = [
+    "CenterRandomCropRGBImageDecoder",
     "DeviceNormalize",
     "ExactNormalize",
     "Loader",
     "ScaleJitterRGBImageDecoder",
-    "CenterRandomCropRGBImageDecoder",
-    "SquashRandomCropRGBImageDecoder",
     "SeededRandomResizedCropRGBImageDecoder",
+    "SquashRandomCropRGBImageDecoder",
 ]
 
 
