@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,32 @@ def test_submit_makes_one_job_per_sweep_point_and_checks_overrides(tmp_path: Pat
     }
     bad = subprocess.run([*submit, "optim.lrr=0.1"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown config key 'optim.lrr'")
+
+
+@pytest.mark.unit
+def test_srun_hint_is_quiet_outside_an_allocation_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's "prepend srun" hint fires where an `srun` binary exists and the process was not started by srun;
+    outside a SLURM allocation (`make train` on a machine with SLURM's client) the project silences it, inside one
+    (SLURM_JOB_ID set, srun not used) it is real advice and still shows."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from trainer.engine.distributed import SRUN_HINT, quiet_srun_hint
+
+    srun = tmp_path / "srun"
+    srun.write_text("#!/bin/sh\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    for name in [n for n in os.environ if n.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+
+    def hints(env: dict[str, str]) -> list[str]:
+        with monkeypatch.context() as patch, warnings.catch_warnings(record=True) as caught:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            warnings.simplefilter("always")
+            quiet_srun_hint()
+            SLURMEnvironment.detect()
+        return [str(w.message) for w in caught if SRUN_HINT in str(w.message)]
+
+    assert hints({}) == []
+    assert len(hints({"SLURM_JOB_ID": "7"})) == 1  # an allocation without srun: Lightning's hint stays

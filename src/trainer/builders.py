@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import lightning as L
@@ -15,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
-from trainer.engine.distributed import cluster_plugins
+from trainer.engine.distributed import cluster_plugins, quiet_srun_hint
 from trainer.engine.fast_paths import compile_model, resolve_switch
 from trainer.errors import ConfigError, UserError
 from trainer.models import create_model, data_defaults, get_entry, load_weights
@@ -120,14 +119,7 @@ def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> C
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    with warnings.catch_warnings():
-        # Lightning's hint to prepend `srun` fires wherever SLURM's client is installed, also for a local DDP run on
-        # a workstation; SLURM jobs go through slurm/train.sbatch, which does use srun.
-        warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
-        return _build_trainer(cfg, **overrides)
-
-
-def _build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    quiet_srun_hint()  # before Lightning picks its cluster environment, and for the fit() that follows
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Mapping, MutableSequence
 from typing import Any
 
@@ -91,6 +92,27 @@ def requeue_signal(name: str) -> signal.Signals:
         return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
     except KeyError:
         raise ConfigError(f"slurm.requeue_signal='{name}' is not a signal name (e.g. USR1, USR2, TERM)") from None
+
+
+SRUN_HINT = "The `srun` command is available on your system but is not used"
+
+
+def in_slurm_allocation(env: Mapping[str, str] | None = None) -> bool:
+    """Inside a SLURM job or allocation (sbatch, salloc, srun): SLURM sets SLURM_JOB_ID for all of them."""
+    return "SLURM_JOB_ID" in (os.environ if env is None else env)
+
+
+def quiet_srun_hint() -> None:
+    """Silence Lightning's "prepend srun" hint outside a SLURM allocation, where it is not advice the user can take.
+
+    Lightning's `SLURMEnvironment.detect()` warns whenever an `srun` binary is on PATH and the process was not started
+    by srun: on every workstation or CI machine with SLURM's client installed it fired during a plain `make train`
+    (from the cluster-environment choice in `Trainer()` and again from `fit()`'s checkpoint connector, lightning
+    2.6). Outside an allocation there is nothing to prepend srun to; jobs go through slurm/train.sbatch, which runs
+    srun. Inside an allocation (SLURM_JOB_ID set) the hint is left alone: there a missing srun is a real mistake.
+    The filter is process-wide because fit() detects again after the Trainer is built."""
+    if not in_slurm_allocation():
+        warnings.filterwarnings("ignore", message=SRUN_HINT)
 
 
 def cluster_plugins(cfg: DictConfig) -> list[Any]:
