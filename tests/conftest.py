@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -60,3 +61,32 @@ def slurm_cluster() -> Iterator[str]:
     finally:
         if not already_up:  # stop only a cluster this session started: another may be using one that was up
             subprocess.run(["bash", str(script), "stop"], check=False, timeout=60)
+
+
+class TrainedRun(NamedTuple):
+    run_dir: Path
+    results: dict[str, Any]
+
+    @property
+    def ckpt(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+
+TRAINED_RUN_EPOCHS, TRAINED_RUN_BATCHES = 2, 4
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, sample_root: Path) -> TrainedRun:
+    """The one real training run of the session, shared by the evaluation, export, report and resume tests: the
+    default ResNet-18 on the sample set, 2 epochs of 4 batches, with EMA weights (decay 0.9). Read it, never write
+    into it: a test that resumes or evaluates into a run directory copies it first (`copy_run`)."""
+    run_dir = tmp_path_factory.mktemp("trained_run") / "run"
+    overrides = [
+        *tiny_overrides(run_dir, cache_dir),
+        f"trainer.max_epochs={TRAINED_RUN_EPOCHS}",
+        f"trainer.limit_train_batches={TRAINED_RUN_BATCHES}",
+        "ema.decay=0.9",
+    ]
+    from trainer.train import train  # imported here: Lightning loads only for sessions that train
+
+    return TrainedRun(run_dir, train(compose_config(overrides)))

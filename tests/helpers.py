@@ -70,3 +70,14 @@ def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comp
     return subprocess.run(
         [PYTHON, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+def copy_run(run_dir: Path, dest: Path, checkpoints_only: bool = False) -> Path:
+    """A copy of a run directory (the session's `trained_run` is shared: tests that resume or evaluate into a run
+    directory work on a copy). checkpoints_only: just checkpoints/last.ckpt."""
+    if checkpoints_only:
+        (dest / "checkpoints").mkdir(parents=True)
+        shutil.copy2(run_dir / "checkpoints" / "last.ckpt", dest / "checkpoints" / "last.ckpt")
+        return dest
+    shutil.copytree(run_dir, dest)
+    return dest

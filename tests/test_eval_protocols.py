@@ -11,14 +11,13 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from tests.helpers import compose_config, tiny_overrides
+from tests.helpers import compose_config, copy_run, tiny_overrides
 from trainer.errors import CheckpointError, ConfigError
 from trainer.eval import FullyConvolutional, Protocol, fully_convolutional, score_scales, score_views, ten_crop
 from trainer.eval.views import googlenet_crops
 from trainer.evaluate import evaluate
 from trainer.models import create_model
 from trainer.models.complexity import meta_model
-from trainer.train import train
 
 
 class ToyModel(nn.Module):
@@ -128,10 +127,11 @@ def test_globally_pooled_and_conv_mlp_heads_are_used_as_they_are() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, sample_root: Path) -> Path:
-    run_dir = tmp_path_factory.mktemp("protocols") / "run"
-    train(compose_config([*tiny_overrides(run_dir, cache_dir), "trainer.limit_train_batches=2"]))
-    return run_dir / "checkpoints" / "last.ckpt"
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, trained_run) -> Path:
+    """The session's `trained_run` checkpoint, copied: evaluate writes its eval_*.json beside it."""
+    return copy_run(trained_run.run_dir, tmp_path_factory.mktemp("protocols") / "run", checkpoints_only=True) / (
+        "checkpoints/last.ckpt"
+    )
 
 
 def _evaluate(ckpt: Path, tmp_path: Path, cache_dir: Path, *overrides: str) -> dict:
@@ -147,7 +147,8 @@ def test_each_protocol_on_a_tiny_run(
     tiny_ckpt: Path, cache_dir: Path, tmp_path: Path, protocol: str, views: int
 ) -> None:
     extra = ["eval.scales=[224,256,384]"] if protocol == "multi_scale" else []  # VGG's set at 32 px: 32, 37, 55
-    results = _evaluate(tiny_ckpt, tmp_path, cache_dir, f"eval.protocol={protocol}", *extra)
+    # raw weights only: the protocol is under test, not the EMA copy (test_train evaluates both)
+    results = _evaluate(tiny_ckpt, tmp_path, cache_dir, f"eval.protocol={protocol}", "eval.weights=raw", *extra)
     out = tiny_ckpt.parent.parent / f"eval_{protocol}.json"
     saved = json.loads(out.read_text())
     assert saved["top1"] == results["top1"] and saved["protocol"] == protocol
@@ -159,14 +160,23 @@ def test_each_protocol_on_a_tiny_run(
     with Image.open(out.parent / f"eval_{protocol}_confusion.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
     if protocol == "ten_crop":  # deterministic, and eval.out still names the file
-        again = _evaluate(tiny_ckpt, tmp_path, cache_dir, f"eval.protocol={protocol}", f"eval.out={tmp_path}/x.json")
+        again = _evaluate(
+            tiny_ckpt,
+            tmp_path,
+            cache_dir,
+            f"eval.protocol={protocol}",
+            "eval.weights=raw",
+            f"eval.out={tmp_path}/x.json",
+        )
         assert again["top1"] == results["top1"] and again["loss"] == results["loss"]
         assert (tmp_path / "x.json").is_file()
 
 
 @pytest.mark.slow
 def test_googlenet_144_on_a_tiny_run(tiny_ckpt: Path, cache_dir: Path, tmp_path: Path) -> None:
-    results = _evaluate(tiny_ckpt, tmp_path, cache_dir, "eval.protocol=googlenet_144", "eval.views_per_forward=512")
+    results = _evaluate(
+        tiny_ckpt, tmp_path, cache_dir, "eval.protocol=googlenet_144", "eval.views_per_forward=512", "eval.weights=raw"
+    )
     assert results["views_per_image"] == 144 and results["scales"] == [37, 41, 46, 50]
 
 
@@ -178,5 +188,11 @@ def test_bad_protocol_resolution_and_weights_fail_in_one_line(tiny_ckpt: Path, c
         _evaluate(tiny_ckpt, tmp_path, cache_dir, "eval.resolution=16")
     with pytest.raises(ConfigError, match="gives a 18 px scale"):
         _evaluate(tiny_ckpt, tmp_path, cache_dir, "eval.protocol=multi_scale", "eval.scales=[128,256]")
+    # the same checkpoint without its EMA weights (trained_run has them)
+    checkpoint = torch.load(tiny_ckpt, map_location="cpu", weights_only=False)
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("ema.")}
+    raw = tmp_path / "raw" / "checkpoints" / "last.ckpt"
+    raw.parent.mkdir(parents=True)
+    torch.save(checkpoint, raw)
     with pytest.raises(CheckpointError, match="eval.weights=ema: checkpoint .* has no EMA weights"):
-        _evaluate(tiny_ckpt, tmp_path, cache_dir, "eval.weights=ema")
+        _evaluate(raw, tmp_path, cache_dir, "eval.weights=ema")

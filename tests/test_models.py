@@ -14,7 +14,9 @@ import timm
 import torch
 import torch.nn as nn
 import torchvision
+from omegaconf import OmegaConf
 
+from tests.helpers import ROOT, compose_config
 from trainer.errors import CheckpointError, ConfigError, InputSizeError
 from trainer.models import (
     catalogue,
@@ -273,83 +275,96 @@ UNPADDED_LOSS = {
 }
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_features_only(name: str) -> None:
+def _check_features_only(name: str) -> None:
     """Shapes only, so on the meta device and at the native resolution; test_forward_backward runs the numbers."""
     entry = get_entry(name)
     with torch.device("meta"):
         ours = create_model(name, features_only=True)
         via_timm = timm.create_model(entry.builder, features_only=True, **entry.kwargs)
-    for model in (ours, via_timm):
-        info = model.feature_info
-        channels, reductions = info.channels(), info.reduction()
-        assert channels == ours.feature_info.channels() and reductions == ours.feature_info.reduction()
-        step = max(reductions)  # two inputs `step` apart: each level's size must differ by step / reduction
-        inputs = (entry.resolution, entry.resolution + step)
-        maps_at = {res: model(torch.empty(1, 3, res, res, device="meta")) for res in inputs}
-        for res, maps in maps_at.items():
-            assert len(maps) == len(info)
-            assert [m.shape[1] for m in maps] == channels
-            for m, r in zip(maps, reductions, strict=True):
-                # ResNets give ceil(res / r); AlexNet's unpadded pools one less than res // r (224: 55, 27, 13, 6);
-                # the unpadded Inception/Xception stems up to three less (299: 147, 73, 35, 17, 8)
-                lowest = res // r - UNPADDED_LOSS.get(name, 1)
-                assert m.shape[2] == m.shape[3] and lowest <= m.shape[2] <= math.ceil(res / r), (res, r, m.shape)
-        for lo, hi, r in zip(maps_at[inputs[0]], maps_at[inputs[1]], reductions, strict=True):
-            assert hi.shape[2] - lo.shape[2] == step // r, f"stride of a level with reduction {r}"
+    # timm's own factory gives the same feature levels (the forward below is the same network's: not run twice)
+    assert via_timm.feature_info.get_dicts() == ours.feature_info.get_dicts()
+    model, info = ours, ours.feature_info
+    channels, reductions = info.channels(), info.reduction()
+    step = max(reductions)  # two inputs `step` apart: each level's size must differ by step / reduction
+    inputs = (entry.resolution, entry.resolution + step)
+    maps_at = {res: model(torch.empty(1, 3, res, res, device="meta")) for res in inputs}
+    for res, maps in maps_at.items():
+        assert len(maps) == len(info)
+        assert [m.shape[1] for m in maps] == channels
+        for m, r in zip(maps, reductions, strict=True):
+            # ResNets give ceil(res / r); AlexNet's unpadded pools one less than res // r (224: 55, 27, 13, 6);
+            # the unpadded Inception/Xception stems up to three less (299: 147, 73, 35, 17, 8)
+            lowest = res // r - UNPADDED_LOSS.get(name, 1)
+            assert m.shape[2] == m.shape[3] and lowest <= m.shape[2] <= math.ceil(res / r), (res, r, m.shape)
+    for lo, hi, r in zip(maps_at[inputs[0]], maps_at[inputs[1]], reductions, strict=True):
+        assert hi.shape[2] - lo.shape[2] == step // r, f"stride of a level with reduction {r}"
+
+
+def _check_metadata(name: str) -> None:
+    entry = get_entry(name)
+    assert entry.name == name and timm.is_model(entry.builder)
+    assert entry.paper.title.strip() and 1980 <= entry.paper.year <= 2030
+    assert entry.recipe.strip() and "/" not in entry.recipe
+    recipe_file = ROOT / "recipes" / f"{entry.recipe}.yaml"
+    assert recipe_file.is_file(), f"no recipes/{entry.recipe}.yaml"
+    # the recipe is written for the entry's family (its header's recipe_info.families)
+    assert entry.family in OmegaConf.load(recipe_file).recipe_info.families, f"recipes/{entry.recipe}.yaml"
+    assert 32 <= entry.resolution <= 1024
+    assert 0.5 < entry.crop_ratio <= 1.0
+    assert entry.source in {"timm", "own"}
+    # data defaults: the paper's resolution and crop, timm's normalisation
+    defaults, timm_cfg = data_defaults(name), timm.models.get_pretrained_cfg(entry.builder)
+    assert (defaults.resolution, defaults.crop_ratio) == (entry.resolution, entry.crop_ratio)
+    assert defaults.interpolation == entry.interpolation
+    assert (defaults.mean, defaults.std) == (tuple(timm_cfg.mean), tuple(timm_cfg.std))
+    # every entry is a `model=` option of the config tree
+    assert compose_config([f"model={name}"]).model.name == name
+
+
+def _check_complexity(name: str, model: nn.Module) -> None:
+    """Parameters against the catalogue and architectures.md, MACs against the golden file and architectures.md."""
+    entry = get_entry(name)
+    # entry.params is the inference network (as the papers count), entry.aux_params the default build's auxiliary heads
+    assert _num_params(model) == entry.params + entry.aux_params, "params: the catalogue's count"
+    if name in _with_reference("params_m"):
+        assert entry.params / 1e6 == pytest.approx(REFERENCE[name].params_m, rel=0.005), "params: architectures.md"
+    assert name in GOLDEN, f"add {name} to tests/golden/complexity.json"
+    golden = GOLDEN[name]
+    assert golden["resolution"] == get_entry(name).resolution
+    macs = _macs(model, golden["resolution"])
+    assert macs == pytest.approx(golden["macs"], rel=0.01), "MACs: tests/golden/complexity.json"
+    if name in _with_reference("gmacs"):
+        # torchvision's metadata counts convolutions and linear layers as FlopCounterMode does, and timm's ResNets
+        # are the same networks: the counts agree to the table's rounding (0.01 GMACs, under 0.3%).
+        assert macs / 1e9 == pytest.approx(REFERENCE[name].gmacs, rel=0.02), "GMACs: architectures.md"
+
+
+def _check_min_resolution(name: str, model: nn.Module) -> None:
+    """entry.min_resolution runs; one pixel less fails (or the entry says 32, the floor for every backbone).
+    Clears the model's forward pre-hooks (the catalogue's size check): call last."""
+    smallest = get_entry(name).min_resolution
+    with pytest.raises(InputSizeError):
+        count_macs(model, smallest - 1)  # the catalogue's check: one line naming the model
+    model._forward_pre_hooks.clear()  # the network alone from here
+    assert _runs_at(model, smallest)
+    if smallest > 32:
+        assert not _runs_at(model, smallest - 1), f"{name} runs below its min_resolution {smallest}"
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_params_match_catalogue(name: str) -> None:
-    """entry.params is the inference network (as the papers count), entry.aux_params the auxiliary heads of the
-    default build: together, every parameter the default build has."""
-    entry = get_entry(name)
-    assert _num_params(_meta_model(name)) == entry.params + entry.aux_params
+def test_catalogue_entry(name: str) -> None:
+    """Every fact about one entry in one pass over one meta-device build: metadata, data defaults, config option,
+    recipe family, params and MACs (catalogue, golden file, architectures.md), feature maps, smallest input."""
+    _check_metadata(name)
+    model = meta_model(name)
+    _check_complexity(name, model)
+    _check_features_only(name)
+    _check_min_resolution(name, model)
 
 
 def test_reference_and_golden_rows_match_the_catalogue() -> None:
     assert set(REFERENCE) == set(ALL_MODELS), "one REFERENCE row (architectures.md) per catalogue entry"
     assert set(GOLDEN) == set(ALL_MODELS), "one tests/golden/complexity.json row per catalogue entry"
-
-
-@pytest.mark.parametrize("name", _with_reference("params_m"))
-def test_params_match_reference(name: str) -> None:
-    assert get_entry(name).params / 1e6 == pytest.approx(REFERENCE[name].params_m, rel=0.005)
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_macs_match_golden(name: str) -> None:
-    assert name in GOLDEN, f"add {name} to tests/golden/complexity.json"
-    golden = GOLDEN[name]
-    assert golden["resolution"] == get_entry(name).resolution
-    macs = _macs(_meta_model(name), golden["resolution"])
-    assert macs == pytest.approx(golden["macs"], rel=0.01)
-    if name in _with_reference("gmacs"):
-        # torchvision's metadata counts convolutions and linear layers as FlopCounterMode does, and timm's ResNets
-        # are the same networks: the counts agree to the table's rounding (0.01 GMACs, under 0.3%).
-        assert macs / 1e9 == pytest.approx(REFERENCE[name].gmacs, rel=0.02)
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_entry_metadata(name: str) -> None:
-    entry = get_entry(name)
-    assert entry.name == name and timm.is_model(entry.builder)
-    assert entry.paper.title.strip() and 1980 <= entry.paper.year <= 2030
-    assert entry.recipe.strip() and "/" not in entry.recipe
-    recipe_file = Path(__file__).resolve().parents[1] / "recipes" / f"{entry.recipe}.yaml"
-    assert recipe_file.is_file(), f"no recipes/{entry.recipe}.yaml"
-    assert 32 <= entry.resolution <= 1024
-    assert 0.5 < entry.crop_ratio <= 1.0
-    assert entry.source in {"timm", "own"}
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_data_defaults(name: str) -> None:
-    entry, defaults = get_entry(name), data_defaults(name)
-    cfg = timm.models.get_pretrained_cfg(entry.builder)
-    assert (defaults.resolution, defaults.crop_ratio) == (entry.resolution, entry.crop_ratio)
-    assert defaults.interpolation == entry.interpolation
-    assert (defaults.mean, defaults.std) == (tuple(cfg.mean), tuple(cfg.std))
 
 
 def test_data_defaults_take_the_paper_over_timm() -> None:
@@ -630,18 +645,6 @@ def _runs_at(model: nn.Module, resolution: int) -> bool:
     finally:
         model.eval()
     return True
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_min_resolution_is_the_smallest_that_runs(name: str) -> None:
-    """entry.min_resolution runs; one pixel less fails (or the entry says 32, the floor for every backbone)."""
-    model, smallest = meta_model(name), get_entry(name).min_resolution
-    with pytest.raises(InputSizeError):
-        count_macs(model, smallest - 1)  # the catalogue's check: one line naming the model
-    model._forward_pre_hooks.clear()  # the network alone from here
-    assert _runs_at(model, smallest)
-    if smallest > 32:
-        assert not _runs_at(model, smallest - 1), f"{name} runs below its min_resolution {smallest}"
 
 
 # --- families catalogued from timm: the paper's facts ------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The paper recipes (recipes/*.yaml): each composes and instantiates with every catalogue model of its families, says
 what it is (recipe_info), checks the model it is given, trains one real epoch on the bundled sample set, and is listed
-by scripts/recipes.py. The papers' values themselves are checked in test_config.py (RECIPE_FACTS)."""
+by scripts/recipes.py. The papers' values themselves are checked in test_config.py (PAPER_RECIPES)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from tests.helpers import PYTHON, ROOT, compose_config, tiny_overrides
+from tests.helpers import PYTHON, ROOT, compose_config, copy_run, tiny_overrides
 from trainer.cli import EXIT_USER_ERROR, user_errors
 from trainer.engine.checkpoint_io import _umask
 from trainer.errors import CheckpointError, DataError
@@ -36,15 +36,9 @@ def _metric_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, sample_root: Path) -> tuple[Path, dict]:
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=2"))
-    return run_dir, results
-
-
-def test_run_writes_its_outputs(trained) -> None:
-    run_dir, results = trained
+def test_run_writes_its_outputs(trained_run) -> None:
+    """The session's `trained_run` (tests/conftest.py): 2 epochs of BATCHES batches."""
+    run_dir, results = trained_run
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved == pytest.approx(results)
     for key in ("top1", "top5", "epochs", "params", "wall_time_s", "images_per_sec"):
@@ -59,8 +53,9 @@ def test_run_writes_its_outputs(trained) -> None:
     assert float([r for r in rows if r["val/top1"]][-1]["val/top1"]) * 100 == pytest.approx(saved["top1"])
 
 
-def test_evaluate_reproduces_the_last_val_top1(trained, cache_dir: Path, tmp_path: Path) -> None:
-    run_dir, results = trained
+def test_evaluate_reproduces_the_last_val_top1(trained_run, cache_dir: Path, tmp_path: Path) -> None:
+    results = trained_run.results
+    run_dir = copy_run(trained_run.run_dir, tmp_path / "run", checkpoints_only=True)  # evaluate writes beside it
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     cfg = _cfg(tmp_path / "eval", cache_dir, f"ckpt={ckpt}", config_name="eval")
     evaluated = evaluate(cfg, overrides=[f"ckpt={ckpt}"])
@@ -70,10 +65,9 @@ def test_evaluate_reproduces_the_last_val_top1(trained, cache_dir: Path, tmp_pat
 
 
 def test_evaluate_rejects_a_mismatched_model_or_data(
-    trained, cache_dir: Path, sample_root: Path, tmp_path: Path
+    trained_run, cache_dir: Path, sample_root: Path, tmp_path: Path
 ) -> None:
-    run_dir, _ = trained
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = trained_run.ckpt
     cfg = _cfg(tmp_path / "eval", cache_dir, f"ckpt={ckpt}", "model=resnet34", config_name="eval")
     with pytest.raises(CheckpointError, match="holds a resnet18 that does not fit model resnet34"):
         evaluate(cfg, overrides=[f"ckpt={ckpt}", "model=resnet34"])
@@ -88,9 +82,8 @@ def test_evaluate_rejects_a_mismatched_model_or_data(
         evaluate(cfg, overrides=overrides)
 
 
-def test_resume_continues_at_the_right_epoch_and_step(trained, cache_dir: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "resumed"
-    shutil.copytree(trained[0], run_dir)
+def test_resume_continues_at_the_right_epoch_and_step(trained_run, cache_dir: Path, tmp_path: Path) -> None:
+    run_dir = copy_run(trained_run.run_dir, tmp_path / "resumed")
     first = json.loads((run_dir / "results.json").read_text())
     results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=3", "resume=auto"))
     assert results["epochs"] == 3 and results["global_step"] == 3 * BATCHES
@@ -112,8 +105,8 @@ def test_last_ckpt_is_rewritten_every_epoch(cache_dir: Path, sample_root: Path, 
     assert oct((tmp_path / "checkpoints" / "last.ckpt").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
-def test_ckpt_path_resumes_into_a_new_run_dir(trained, cache_dir: Path, tmp_path: Path) -> None:
-    ckpt = trained[0] / "checkpoints" / "last.ckpt"
+def test_ckpt_path_resumes_into_a_new_run_dir(trained_run, cache_dir: Path, tmp_path: Path) -> None:
+    ckpt = trained_run.ckpt
     results = train(_cfg(tmp_path / "new", cache_dir, "trainer.max_epochs=3", f"ckpt_path={ckpt}"))
     assert results["epochs"] == 3 and results["global_step"] == 3 * BATCHES
 
@@ -205,15 +198,14 @@ def test_main_job_reaches_90_percent(cache_dir: Path, sample_root: Path, tmp_pat
     print(f"main job: {results['top1']:.2f}% top-1 in {elapsed:.0f} s")
 
 
-def test_ema_is_validated_checkpointed_and_evaluated(cache_dir: Path, tmp_path: Path) -> None:
-    """ema.decay: val_ema/top1 beside val/top1, the averaged weights in the checkpoint, evaluate.py reports both,
-    and init_from takes the raw weights."""
+def test_ema_is_validated_checkpointed_and_evaluated(trained_run, cache_dir: Path, tmp_path: Path) -> None:
+    """ema.decay (the session's `trained_run` has 0.9): val_ema/top1 beside val/top1, the averaged weights in the
+    checkpoint, evaluate.py reports both, and init_from takes the raw weights."""
     from trainer.models import create_model, load_weights
 
-    run_dir = tmp_path / "run"
-    results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=1", "ema.decay=0.5"))
+    results = trained_run.results
     assert 0 <= results["top1_ema"] <= results["top5_ema"] <= 100
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = copy_run(trained_run.run_dir, tmp_path / "run", checkpoints_only=True) / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert not torch.equal(state["ema.module.fc.weight"], state["model.fc.weight"])
     evaluated = evaluate(_cfg(tmp_path / "eval", cache_dir, f"ckpt={ckpt}", config_name="eval"), overrides=[])
