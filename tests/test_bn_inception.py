@@ -171,7 +171,7 @@ def test_no_aux_heads_and_head() -> None:
 def test_paper_accuracy_entry() -> None:
     entry = get_entry("bn_inception")
     assert (entry.top1, entry.top5) == (pytest.approx(100 - 25.2), pytest.approx(100 - 7.82))
-    assert (entry.family, entry.recipe, entry.resolution) == ("bn_inception", "inception_v3", 224)
+    assert (entry.family, entry.recipe, entry.resolution) == ("bn_inception", "bn_inception", 224)
 
 
 def test_bad_drop_rate_raises_one_line() -> None:

@@ -142,10 +142,10 @@ def test_alexnet_crop_on_ffcv_is_the_central_square_of_the_shorter_side() -> Non
     # the decoder's crop in the stored image, for the picture above (height 256, width 512)
     pytest.importorskip("ffcv")
     augment = _augment(compose_config(["recipe=alexnet"]))
-    from trainer.data.ffcv_datamodule import FFCVDataModule
+    from trainer.data.ffcv_datamodule import train_decoder
     from trainer.data.ffcv_ops import CenterRandomCropRGBImageDecoder, _center_random_crop
 
-    decoder = FFCVDataModule._train_decoder_for(Namespace(resolution=224), augment, 224)
+    decoder = train_decoder(augment, 224, resolution=224)
     assert isinstance(decoder, CenterRandomCropRGBImageDecoder)
     np.random.seed(0)
     for _ in range(50):

@@ -327,7 +327,7 @@ def test_eval_column_attribute_is_checked() -> None:
 def test_cifar_metadata(name: str) -> None:
     entry = get_entry(name)
     assert (entry.resolution, entry.min_resolution, entry.crop_ratio) == (32, 32, 1.0)
-    assert entry.family == "fractalnet" and entry.recipe == "fractalnet"
+    assert entry.family == "fractalnet" and entry.recipe == "fractalnet_cifar"  # recipes/fractalnet_cifar.yaml
     model = meta_model(name, num_classes=100, in_chans=1)
     assert model(torch.empty(2, 1, 32, 32, device="meta")).shape == (2, 100)
 

@@ -169,6 +169,10 @@ REFERENCE: dict[str, Reference] = {
     "preact_resnet1001_cifar": Reference(None, None),
     "wide_resnet28_10_cifar": Reference(None, None),
     "wide_resnet40_4_cifar": Reference(None, None),
+    # the papers' counts (He et al. 2016 Table 6, DenseNet Table 2, ResNeXt Table 7): tests/test_cifar.py
+    **{f"resnet{depth}_cifar": Reference(None, None) for depth in (20, 32, 44, 56, 110, 1202)},
+    **{f"densenet{v}_cifar": Reference(None, None) for v in ("40_k12", "_bc100_k12", "_bc190_k40", "_bc250_k24")},
+    **{f"resnext29_{w}_cifar": Reference(None, None) for w in ("8x64d", "16x64d")},
 }
 SAME_AS_REFERENCE = [name for name in ALL_MODELS if name in REFERENCE and not REFERENCE[name].differs]
 

@@ -32,12 +32,21 @@ OURS = sorted(n for n in timm.list_models() if timm.models.model_entrypoint(n)._
 # heavier variants whose classes, blocks and options a lighter one of the same family runs through
 SAME_PATH_AS = {
     "densenet264": "timm's own DenseNet class (densenet121's code path); only the config is ours",
+    "densenet_bc190_k40_cifar": "densenet_bc100_k12_cifar (same bottleneck layers and compression, another L and k)",
+    "densenet_bc250_k24_cifar": "densenet_bc100_k12_cifar (same bottleneck layers and compression, another L and k)",
     "fractalnet34": "fractalnet20_cifar (same blocks and drop-path sampler; its stem is ResNet's conv-BN-ReLU-pool)",
     "fractalnet40_cifar": "fractalnet20_cifar (same blocks, one column more)",
     "mobilenetv1_050": "mobilenetv1_025 (timm's EfficientNet, another width)",
     "mobilenetv1_075": "mobilenetv1_025 (timm's EfficientNet, another width)",
     "nasnet_a_large": "nasnet_a_mobile (same cells; skip_reduction_input is checked against timm in test_nasnet)",
     "preact_resnet1001_cifar": "preact_resnet164_cifar (same unit, 111 instead of 18 per stage)",
+    "resnet32_cifar": "resnet20_cifar (same blocks and option-A shortcuts, another n)",
+    "resnet44_cifar": "resnet20_cifar (same blocks and option-A shortcuts, another n)",
+    "resnet56_cifar": "resnet20_cifar (same blocks and option-A shortcuts, another n)",
+    "resnet110_cifar": "resnet20_cifar (same blocks and option-A shortcuts, another n)",
+    "resnet1202_cifar": "resnet20_cifar (n = 200; untrained, in eval mode, its 600 unnormalised residual sums "
+    "overflow to inf, so outputs cannot be compared)",
+    "resnext29_16x64d_cifar": "resnext29_8x64d_cifar (same grouped bottleneck, cardinality 16)",
     "shufflenet_v1_g2_1_0": "shufflenet_v1_g3_0_25 (grouped units, another g)",
     "shufflenet_v1_g3_1_0": "shufflenet_v1_g3_0_25 (another width)",
     "shufflenet_v1_g3_1_5": "shufflenet_v1_g3_0_25 (another width)",

@@ -85,7 +85,8 @@ def test_evaluate_rejects_a_mismatched_model_or_data(
 def test_resume_continues_at_the_right_epoch_and_step(trained_run, cache_dir: Path, tmp_path: Path) -> None:
     run_dir = copy_run(trained_run.run_dir, tmp_path / "resumed")
     first = json.loads((run_dir / "results.json").read_text())
-    results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=3", "resume=auto"))
+    # resumed with the run's own settings: the session's trained_run has EMA weights (ema.decay=0.9)
+    results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=3", "resume=auto", "ema.decay=0.9"))
     assert results["epochs"] == 3 and results["global_step"] == 3 * BATCHES
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 3 * BATCHES
@@ -107,7 +108,10 @@ def test_last_ckpt_is_rewritten_every_epoch(cache_dir: Path, sample_root: Path, 
 
 def test_ckpt_path_resumes_into_a_new_run_dir(trained_run, cache_dir: Path, tmp_path: Path) -> None:
     ckpt = trained_run.ckpt
-    results = train(_cfg(tmp_path / "new", cache_dir, "trainer.max_epochs=3", f"ckpt_path={ckpt}"))
+    # without the run's ema.decay: one line naming it, not a state_dict key error
+    with pytest.raises(CheckpointError, match=r"holds EMA weights but ema.decay is not set: .* ema.decay=0.9$"):
+        train(_cfg(tmp_path / "no_ema", cache_dir, "trainer.max_epochs=3", f"ckpt_path={ckpt}"))
+    results = train(_cfg(tmp_path / "new", cache_dir, "trainer.max_epochs=3", f"ckpt_path={ckpt}", "ema.decay=0.9"))
     assert results["epochs"] == 3 and results["global_step"] == 3 * BATCHES
 
 

@@ -200,42 +200,6 @@ class FFCVDataModule(ImageFolderDataModule):
             raise ConfigError("data.order=quasi_random is not available with several devices (ffcv); use random")
         return OrderOption[order.upper()]
 
-    def _train_decoder_for(self, augment: Mapping[str, Any], output: int) -> Any:
-        decoder = self._train_crop_for(augment, output)
-        if hasattr(decoder, "epoch_seed"):  # our seeded crop decoders draw the flip too, seeded per image
-            decoder.flip = float(augment.get("hflip") or 0.0)
-        return decoder
-
-    def _train_crop_for(self, augment: Mapping[str, Any], output: int) -> Any:
-        from trainer.data.ffcv_ops import (
-            CenterRandomCropRGBImageDecoder,
-            ScaleJitterRGBImageDecoder,
-            SeededRandomResizedCropRGBImageDecoder,
-            SquashRandomCropRGBImageDecoder,
-        )
-
-        resolution = int(self.resolution)
-        crop = augment.get("crop", "random_resized")
-        size = (output, output)
-        if crop == "random_resized":
-            return SeededRandomResizedCropRGBImageDecoder(
-                size, scale=tuple(augment["scale"]), ratio=tuple(augment["ratio"])
-            )
-        if crop == "scale_jitter":
-            low, high = (_scaled(s, resolution) for s in augment["jitter_sizes"])
-            if not 0 < low <= high:
-                raise ConfigError(f"augment.jitter_sizes={list(augment['jitter_sizes'])} is not a range of sizes")
-            return ScaleJitterRGBImageDecoder(size, low, high, resolution)
-        if crop == "center_random":
-            return CenterRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
-        if crop == "squash_random":
-            return SquashRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
-        if crop in ("pad_random", "none"):  # CIFAR: images stored at their size; RandomTranslate pads and crops
-            from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-
-            return SimpleRGBImageDecoder()
-        raise ConfigError(f"augment.crop='{crop}' is not one of {', '.join(CROPS)}")
-
     def _pipelines(self, train: bool, device: torch.device) -> dict[str, list[Any]]:
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
@@ -248,7 +212,7 @@ class FFCVDataModule(ImageFolderDataModule):
         deferred = False  # normalisation left to BatchAugment
         if train:
             augment = self.train_augment()
-            self._train_decoder = self._train_decoder_for(augment, self.train_resolution)
+            self._train_decoder = train_decoder(augment, self.train_resolution, resolution)
             image: list[Any] = [self._train_decoder]  # crop and flip (seeded per image)
             if augment.get("crop") in ("pad_random", "none"):  # CIFAR: stored at their size, decoded whole
                 # zero padding on each side, then a random crop of the size; flips by ffcv's (unseeded) op
@@ -370,3 +334,43 @@ class FFCVDataModule(ImageFolderDataModule):
 
     def teardown(self, stage: str | None = None) -> None:
         self._close()
+
+
+def train_decoder(augment: Mapping[str, Any], output: int, resolution: int) -> Any:
+    """The training image decoder for `augment` (conf/augment): its crop, resized to `output` px, at the data's
+    `resolution` (the crop sizes of `augment` are at 224 px and scaled to it). Our seeded crop decoders draw the flip
+    too, seeded per image (ffcv_ops, "Seeded augmentation")."""
+    decoder = _train_crop(augment, output, resolution)
+    if hasattr(decoder, "epoch_seed"):
+        decoder.flip = float(augment.get("hflip") or 0.0)
+    return decoder
+
+
+def _train_crop(augment: Mapping[str, Any], output: int, resolution: int) -> Any:
+    from trainer.data.ffcv_ops import (
+        CenterRandomCropRGBImageDecoder,
+        ScaleJitterRGBImageDecoder,
+        SeededRandomResizedCropRGBImageDecoder,
+        SquashRandomCropRGBImageDecoder,
+    )
+
+    crop = augment.get("crop", "random_resized")
+    size = (output, output)
+    if crop == "random_resized":
+        return SeededRandomResizedCropRGBImageDecoder(
+            size, scale=tuple(augment["scale"]), ratio=tuple(augment["ratio"])
+        )
+    if crop == "scale_jitter":
+        low, high = (_scaled(s, resolution) for s in augment["jitter_sizes"])
+        if not 0 < low <= high:
+            raise ConfigError(f"augment.jitter_sizes={list(augment['jitter_sizes'])} is not a range of sizes")
+        return ScaleJitterRGBImageDecoder(size, low, high, resolution)
+    if crop == "center_random":
+        return CenterRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
+    if crop == "squash_random":
+        return SquashRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
+    if crop in ("pad_random", "none"):  # CIFAR: images stored at their size; RandomTranslate pads and crops
+        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+
+        return SimpleRGBImageDecoder()
+    raise ConfigError(f"augment.crop='{crop}' is not one of {', '.join(CROPS)}")

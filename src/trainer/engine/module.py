@@ -17,12 +17,13 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from trainer.engine.device_mean import DeviceMean
-from trainer.errors import ConfigError, NonFiniteLossError
+from trainer.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Scheduler]
 NONFINITE_MODES = ("stop", "skip")
 NONFINITE_MAX_IN_A_ROW = 10  # loss.nonfinite=skip: the run stops after this many skipped steps in a row
+NO_STEP = 2**62  # loss.nonfinite=stop: the device-side "first non-finite step" while there is none
 
 
 def rng_states() -> dict[str, Any]:
@@ -80,10 +81,13 @@ class ClassificationModule(L.LightningModule):
     Inception/Xception papers' Polyak averaging and EfficientNet's EMA (0.9999). It is checkpointed with the raw
     weights (`ema.module.*`), and validation reports both: `val/top1` (raw) and `val_ema/top1` (averaged).
 
-    A non-finite loss (`nonfinite`): `stop` ends the run at that step with one line (the step, the loss, the lr),
-    before its update, so the last checkpoint written is the last good state; `skip` skips the step's update,
-    counts it (`nonfinite_skipped`, kept in checkpoints) and stops after NONFINITE_MAX_IN_A_ROW in a row. Checking
-    costs one host sync per step (the loss must be known before the update).
+    A non-finite loss (`nonfinite`): `stop` ends the run with one line naming the first non-finite step (the step,
+    its epoch and batch, the loss, the lr). The check waits for the device only where the run does anyway: the
+    first non-finite step is recorded on the device, and read at the next logging step, checkpoint, epoch end or
+    training end, whichever comes first; a checkpoint is never written after it, so the last checkpoint written is
+    the last good state. `skip` skips the step's update, counts it (`nonfinite_skipped`, kept in checkpoints) and
+    stops after NONFINITE_MAX_IN_A_ROW in a row; it costs one host sync per step (the loss must be known before the
+    update).
 
     Checkpoints carry the random generators' states (torch, numpy, Python, CUDA), restored when training resumes,
     so that anything drawing from them after a resume (dropout, drop-path) draws what it would have drawn.
@@ -112,6 +116,9 @@ class ClassificationModule(L.LightningModule):
         self.nonfinite = nonfinite
         self.nonfinite_skipped = 0  # steps skipped for a non-finite loss, over the whole run
         self._nonfinite_in_a_row = 0
+        self._first_nonfinite: torch.Tensor | None = None  # stop: the first non-finite step, on the device
+        self._nonfinite_loss: torch.Tensor | None = None  # stop: its loss
+        self._unchecked_steps: dict[int, tuple[int, int, float]] = {}  # stop: step -> (epoch, batch, lr), unread
         self._rng_to_restore: dict[str, Any] | None = None
         self.model = model
         self.optimizer_factory = optimizer
@@ -181,7 +188,9 @@ class ClassificationModule(L.LightningModule):
         images, targets = batch[0].contiguous(memory_format=self.memory_format), batch[1]
         outputs = self.model(images)
         loss = self.loss(outputs, targets)
-        if not self._loss_is_finite(loss):
+        if self.nonfinite == "stop":
+            self._note_nonfinite(loss.detach())
+        elif not self._loss_is_finite(loss):
             return None  # loss.nonfinite=skip: no backward, no update
         logits = split_outputs(outputs)[0].detach()
         for mean, correct in zip(
@@ -191,21 +200,52 @@ class ClassificationModule(L.LightningModule):
         self._log_train_loss(loss.detach(), len(targets))
         return loss
 
+    def _step_and_lr(self) -> tuple[int, int, int, float]:
+        """The step this batch makes (steps count from 1), its epoch and batch (from 1), and the lr."""
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+        batch = self.trainer.fit_loop.epoch_loop.batch_idx + 1
+        return self.trainer.global_step + 1, self.current_epoch, batch, lr
+
+    def _note_nonfinite(self, loss: torch.Tensor) -> None:
+        """loss.nonfinite=stop, without waiting for the device: record the first non-finite step on it."""
+        step, epoch, batch, lr = self._step_and_lr()
+        if self._first_nonfinite is None or self._first_nonfinite.device != loss.device:
+            self._first_nonfinite = torch.full((), NO_STEP, dtype=torch.long, device=loss.device)
+            self._nonfinite_loss = torch.full((), float("nan"), device=loss.device)
+        first = ~torch.isfinite(loss) & (self._first_nonfinite == NO_STEP)
+        self._first_nonfinite = torch.where(first, step, self._first_nonfinite)
+        self._nonfinite_loss = torch.where(first, loss.float(), self._nonfinite_loss)
+        self._unchecked_steps[step] = (epoch, batch, lr)
+
+    def _check_nonfinite(self) -> None:
+        """loss.nonfinite=stop: raise for the first non-finite step recorded since the last check (a host sync; on
+        every rank together under DDP: at logging steps, checkpoints, epoch ends and the end of training)."""
+        if self.nonfinite != "stop" or self._first_nonfinite is None:
+            return
+        first = self._first_nonfinite
+        if self.trainer.world_size > 1:  # the earliest over the ranks: every rank stops together
+            first = self.trainer.strategy.reduce(first.clone(), reduce_op="min")
+        step = int(first)
+        unchecked, self._unchecked_steps = self._unchecked_steps, {}
+        if step == NO_STEP:
+            return
+        epoch, batch, lr = unchecked.get(step, (self.current_epoch, 0, float("nan")))
+        raise NonFiniteLossError(
+            f"the training loss is {float(self._nonfinite_loss)} at step {step} (epoch {epoch}, batch {batch}), "
+            f"lr {lr:.6g}: stopped at step {self.trainer.global_step} (loss.nonfinite=stop), no checkpoint written "
+            "after it; the last checkpoint is the last good state (resume=auto continues from it)"
+        )
+
     def _loss_is_finite(self, loss: torch.Tensor) -> bool:
-        finite = bool(torch.isfinite(loss.detach()))  # a host sync: the decision precedes the update
-        if self.trainer.world_size > 1:  # every rank skips (or stops) together, or DDP's all-reduce would hang
+        """loss.nonfinite=skip: whether to make this step's update (a host sync: the decision precedes it)."""
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:  # every rank skips together, or DDP's all-reduce would hang
             finite = bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
         if finite:
             self._nonfinite_in_a_row = 0
             return True
-        step = self.trainer.global_step + 1  # the step this batch would make (steps count from 1)
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
-        where = f"step {step} (epoch {self.current_epoch}, batch {self.trainer.fit_loop.epoch_loop.batch_idx + 1})"
-        if self.nonfinite == "stop":
-            raise NonFiniteLossError(
-                f"the training loss is {float(loss.detach())} at {where}, lr {lr:.6g}: stopped before its update "
-                "(loss.nonfinite=stop); the last checkpoint is the last good state (resume=auto continues from it)"
-            )
+        step, epoch, batch, lr = self._step_and_lr()
+        where = f"step {step} (epoch {epoch}, batch {batch})"
         self.nonfinite_skipped += 1
         self._nonfinite_in_a_row += 1
         if self._nonfinite_in_a_row >= NONFINITE_MAX_IN_A_ROW:
@@ -230,6 +270,7 @@ class ClassificationModule(L.LightningModule):
             mean.reset()
 
     def on_train_epoch_end(self) -> None:
+        self._check_nonfinite()
         for name, mean in self._train_accuracy.items():
             if mean.count:
                 self.log(name, mean.pop(), on_step=False, on_epoch=True, sync_dist=True)
@@ -245,6 +286,7 @@ class ClassificationModule(L.LightningModule):
         self._train_loss_window.add(loss, batch_size)
         connector = self.trainer._logger_connector  # Lightning's own rule for the steps it sends to the loggers
         if connector.should_update_logs and not self.trainer.fit_loop._should_accumulate():
+            self._check_nonfinite()  # a logging step waits for the device anyway
             self._pbar_loss = self._train_loss_window.pop()
             self.log("train/loss_step", self._pbar_loss, on_step=True, on_epoch=False, batch_size=batch_size)
 
@@ -311,7 +353,11 @@ class ClassificationModule(L.LightningModule):
         else:
             scheduler.step(epoch=self.current_epoch + 1, metric=metric)
 
+    def on_train_end(self) -> None:
+        self._check_nonfinite()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_nonfinite()  # never a checkpoint after a non-finite step: the last one stays the last good state
         checkpoint["trainer_config"] = self.config
         checkpoint["class_names"] = self.class_names
         checkpoint["rng_states"] = rng_states()
@@ -319,9 +365,24 @@ class ClassificationModule(L.LightningModule):
         checkpoint["epoch_means"] = {name: mean.state_dict() for name, mean in self._epoch_means().items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_ema_matches(checkpoint)
         self._rng_to_restore = checkpoint.get("rng_states")
         self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
         means = self._epoch_means()
         for name, state in (checkpoint.get("epoch_means") or {}).items():
             if name in means:
                 means[name].load_state_dict(state, self.device)
+
+    def _check_ema_matches(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run needs the checkpoint's EMA setting: one line saying which, not a state_dict key error."""
+        has_ema = any(key.startswith("ema.") for key in checkpoint.get("state_dict") or {})
+        if has_ema == (self.ema is not None):
+            return
+        saved = ((checkpoint.get("trainer_config") or {}).get("ema") or {}).get("decay")
+        if has_ema:
+            fix = f"resume with the run's ema.decay={saved}" if saved is not None else "resume with ema.decay set"
+            raise CheckpointError(f"the checkpoint holds EMA weights but ema.decay is not set: {fix}")
+        raise CheckpointError(
+            f"the checkpoint holds no EMA weights but ema.decay={self.ema.decay}: resume without ema.decay "
+            "(ema.decay=null), as the run was trained"
+        )

@@ -18,17 +18,17 @@ the feature pyramid takes the three block outputs (strides 1, 2, 4; the last one
 transition's pooling belonging to the next stage; input statistics are CIFAR-10's.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, register
 from trainer.models.preact_resnet import check_rate, cifar_cfg
+from trainer.models.stages import StagedModel
 
 
 def _conv_unit(in_chs: int, out_chs: int, kernel: int, drop_rate: float) -> list[nn.Module]:
@@ -64,7 +64,7 @@ class Transition(nn.Sequential):
         super().__init__(*_conv_unit(in_chs, out_chs, 1, drop_rate), nn.AvgPool2d(2))
 
 
-class DenseNetCifar(nn.Module):
+class DenseNetCifar(StagedModel, nn.Module):
     """DenseNet(-BC) for CIFAR of depth `depth` and growth rate `growth_rate` (k)."""
 
     def __init__(
@@ -75,6 +75,7 @@ class DenseNetCifar(nn.Module):
         compression: float = 1.0,
         num_classes: int = 1000,
         in_chans: int = 3,
+        global_pool: str = "avg",
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
@@ -104,7 +105,8 @@ class DenseNetCifar(nn.Module):
         self.norm = nn.BatchNorm2d(chs)
         self.act = nn.ReLU(inplace=True)
         self.num_features = self.head_hidden_size = chs
-        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.grad_checkpointing = False
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -121,9 +123,19 @@ class DenseNetCifar(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.stem, *self.stages]
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(x))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         return self.act(self.norm(self.stages(self.stem(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -147,7 +159,8 @@ VARIANTS = {
     "densenet_bc250_k24_cifar": (250, 24, True),
     "densenet_bc190_k40_cifar": (190, 40, True),
 }
-default_cfgs = generate_default_cfgs({name: cifar_cfg("arXiv:1608.06993") for name in VARIANTS})
+PAPER = Paper("Densely Connected Convolutional Networks", "Huang, Liu, van der Maaten, Weinberger", 2017, "1608.06993")
+default_cfgs = generate_default_cfgs({name: cifar_cfg("arXiv:1608.06993", PAPER.title) for name in VARIANTS})
 
 
 def _variant(name: str, pretrained: bool, kwargs: dict[str, Any]) -> DenseNetCifar:
@@ -179,8 +192,6 @@ def densenet_bc190_k40_cifar(pretrained: bool = False, **kwargs: Any) -> DenseNe
     """DenseNet-BC (L=190, k=40) for CIFAR (Huang et al. 2017, Table 2): 31 bottleneck layers per block."""
     return _variant("densenet_bc190_k40_cifar", pretrained, kwargs)
 
-
-PAPER = Paper("Densely Connected Convolutional Networks", "Huang, Liu, van der Maaten, Weinberger", 2017, "1608.06993")
 
 # Table 2: test error (%); C10 / C100 without augmentation (with dropout 0.2), "+" with it. L=190 has no C10/C100.
 CIFAR_ERROR = {

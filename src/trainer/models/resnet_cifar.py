@@ -20,19 +20,18 @@ Errors (Table 6, CIFAR-10 test, with the 4-px pad / crop / flip augmentation "C1
 7.93 % for ResNet-20, 32, 44, 56, 110 (best of 5 runs; mean 6.61 +- 0.16), 1202. The paper gives no CIFAR-100 figure.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, calculate_drop_path_rates
+from timm.layers import DropPath, SelectAdaptivePool2d, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, register
 from trainer.models.preact_resnet import check_rate, cifar_cfg
+from trainer.models.stages import StagedModel
 
 
 class ZeroPadShortcut(nn.Module):
@@ -77,7 +76,7 @@ class BasicBlock(nn.Module):
         return self.act2(self.drop_path(x) + shortcut)
 
 
-class ResNetCifar(nn.Module):
+class ResNetCifar(StagedModel, nn.Module):
     """ResNet-`depth` for CIFAR: depth = 6n + 2, n basic blocks per stage, 16, 32, 64 filters."""
 
     def __init__(
@@ -89,6 +88,7 @@ class ResNetCifar(nn.Module):
         drop_path_rate: float = 0.0,
         act_layer: type[nn.Module] = nn.ReLU,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
@@ -112,7 +112,8 @@ class ResNetCifar(nn.Module):
             self.feature_info.append(dict(num_chs=out_chs, reduction=2**stage_idx, module=f"stages.{stage_idx}"))
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.grad_checkpointing = False
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -127,9 +128,16 @@ class ResNetCifar(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.stem, *self.stages]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -147,8 +155,9 @@ def _create_resnet_cifar(variant: str, pretrained: bool = False, **kwargs: Any) 
 
 
 DEPTHS = (20, 32, 44, 56, 110, 1202)
+PAPER = Paper("Deep Residual Learning for Image Recognition", "He, Zhang, Ren, Sun", 2016, "1512.03385")
 default_cfgs = generate_default_cfgs(
-    {f"resnet{d}_cifar": {**cifar_cfg("arXiv:1512.03385"), "first_conv": "stem.0"} for d in DEPTHS}
+    {f"resnet{d}_cifar": {**cifar_cfg("arXiv:1512.03385", PAPER.title), "first_conv": "stem.0"} for d in DEPTHS}
 )
 
 
@@ -187,8 +196,6 @@ def resnet1202_cifar(pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
     """ResNet-1202 for CIFAR (He et al. 2016, Sec. 4.2): n = 200."""
     return _create_resnet_cifar("resnet1202_cifar", pretrained, **{"depth": 1202, **kwargs})
 
-
-PAPER = Paper("Deep Residual Learning for Image Recognition", "He, Zhang, Ren, Sun", 2016, "1512.03385")
 
 # Table 6: CIFAR-10 test error (%) with augmentation (C10+); the paper reports no CIFAR-100 result
 CIFAR_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}

@@ -15,17 +15,17 @@ Readings of our own: the stride on the 3x3 and the projection shortcuts are the 
 initialisation; the feature pyramid takes the three stage outputs (strides 1, 2, 4); CIFAR-10 input statistics.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, register
 from trainer.models.preact_resnet import cifar_cfg
+from trainer.models.stages import StagedModel
 
 
 class GroupedBottleneck(nn.Module):
@@ -54,7 +54,7 @@ class GroupedBottleneck(nn.Module):
         return self.act(self.bn3(self.conv3(x)) + shortcut)
 
 
-class ResNeXtCifar(nn.Module):
+class ResNeXtCifar(StagedModel, nn.Module):
     """ResNeXt-29 (C x d) for CIFAR: 3 stages of 3 blocks, outputs 256, 512, 1024, bottleneck C x d, 2Cd, 4Cd."""
 
     def __init__(
@@ -64,6 +64,7 @@ class ResNeXtCifar(nn.Module):
         blocks_per_stage: int = 3,
         num_classes: int = 1000,
         in_chans: int = 3,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         for key, value in (("cardinality", cardinality), ("base_width", base_width), ("depth", blocks_per_stage)):
@@ -83,7 +84,8 @@ class ResNeXtCifar(nn.Module):
             self.feature_info.append(dict(num_chs=out_chs, reduction=2**stage_idx, module=f"stages.{stage_idx}"))
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.grad_checkpointing = False
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -98,9 +100,16 @@ class ResNeXtCifar(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def trunk(self) -> list[nn.Module]:
+        return [self.stem, *self.stages]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.run_stages(x)
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -117,9 +126,12 @@ def _create_resnext_cifar(variant: str, pretrained: bool = False, **kwargs: Any)
     )
 
 
+PAPER = Paper(
+    "Aggregated Residual Transformations for Deep Neural Networks", "Xie, Girshick, Dollar, Tu, He", 2017, "1611.05431"
+)
 default_cfgs = generate_default_cfgs(
     {
-        name: {**cifar_cfg("arXiv:1611.05431"), "first_conv": "stem.0"}
+        name: {**cifar_cfg("arXiv:1611.05431", PAPER.title), "first_conv": "stem.0"}
         for name in ("resnext29_8x64d_cifar", "resnext29_16x64d_cifar")
     }
 )
@@ -138,10 +150,6 @@ def resnext29_16x64d_cifar(pretrained: bool = False, **kwargs: Any) -> ResNeXtCi
         "resnext29_16x64d_cifar", pretrained, **{"cardinality": 16, "base_width": 64, **kwargs}
     )
 
-
-PAPER = Paper(
-    "Aggregated Residual Transformations for Deep Neural Networks", "Xie, Girshick, Dollar, Tu, He", 2017, "1611.05431"
-)
 
 # Table 7: test error (%) with the standard augmentation (pad 4, crop, flip), median of 10 runs
 CIFAR_ERROR = {
