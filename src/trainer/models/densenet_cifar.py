@@ -28,7 +28,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, register
 from trainer.models.preact_resnet import check_rate, cifar_cfg
-from trainer.models.stages import StagedModel
+from trainer.models.stages import PooledLinearHead, StagedModel
 
 
 def _conv_unit(in_chs: int, out_chs: int, kernel: int, drop_rate: float) -> list[nn.Module]:
@@ -64,7 +64,7 @@ class Transition(nn.Sequential):
         super().__init__(*_conv_unit(in_chs, out_chs, 1, drop_rate), nn.AvgPool2d(2))
 
 
-class DenseNetCifar(StagedModel, nn.Module):
+class DenseNetCifar(PooledLinearHead, StagedModel, nn.Module):
     """DenseNet(-BC) for CIFAR of depth `depth` and growth rate `growth_rate` (k)."""
 
     def __init__(
@@ -117,16 +117,6 @@ class DenseNetCifar(StagedModel, nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def trunk(self) -> list[nn.Module]:
         return [self.stem, *self.stages]
 
@@ -137,13 +127,6 @@ class DenseNetCifar(StagedModel, nn.Module):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return self.run_stages(x)
         return self.act(self.norm(self.stages(self.stem(x))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create_densenet_cifar(variant: str, pretrained: bool = False, **kwargs: Any) -> DenseNetCifar:

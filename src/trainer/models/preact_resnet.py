@@ -40,7 +40,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
-from trainer.models.stages import StagedModel
+from trainer.models.stages import PooledLinearHead, StagedModel
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -89,7 +89,7 @@ class PreActBottleneck(nn.Module):
         return self.drop_path(x) + shortcut
 
 
-class CifarResNet(StagedModel, nn.Module):
+class CifarResNet(PooledLinearHead, StagedModel, nn.Module):
     """3x3 stem (16 channels), three stages of `blocks_per_stage` units at strides 1, 2, 4, final BN-ReLU, global
     average pool, classifier. `block_fn(in_chs, out_chs, stride, drop_path_rate, act_layer=, norm_layer=)` builds
     one pre-activation unit; the first unit of a stage changes width (and, after the first stage, halves the size)."""
@@ -141,16 +141,6 @@ class CifarResNet(StagedModel, nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def trunk(self) -> list[nn.Module]:
         return [self.stem, *self.stages]
 
@@ -164,13 +154,6 @@ class CifarResNet(StagedModel, nn.Module):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return self.run_stages(x)
         return self.act(self.norm(self.stages(self.stem(x))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class PreActResNetCifar(CifarResNet):

@@ -31,7 +31,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, register
 from trainer.models.preact_resnet import check_rate, cifar_cfg
-from trainer.models.stages import StagedModel
+from trainer.models.stages import PooledLinearHead, StagedModel
 
 
 class ZeroPadShortcut(nn.Module):
@@ -76,7 +76,7 @@ class BasicBlock(nn.Module):
         return self.act2(self.drop_path(x) + shortcut)
 
 
-class ResNetCifar(StagedModel, nn.Module):
+class ResNetCifar(PooledLinearHead, StagedModel, nn.Module):
     """ResNet-`depth` for CIFAR: depth = 6n + 2, n basic blocks per stage, 16, 32, 64 filters."""
 
     def __init__(
@@ -122,16 +122,6 @@ class ResNetCifar(StagedModel, nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def trunk(self) -> list[nn.Module]:
         return [self.stem, *self.stages]
 
@@ -139,13 +129,6 @@ class ResNetCifar(StagedModel, nn.Module):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return self.run_stages(x)
         return self.stages(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create_resnet_cifar(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNetCifar:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from timm.layers import SelectAdaptivePool2d
 from timm.models import checkpoint
 
 
@@ -99,3 +100,26 @@ class StagedModel:
         if stop == len(self.trunk()) - 1:
             x = self.final_norm(x)
         return x, intermediates
+
+
+class PooledLinearHead:
+    """timm's classifier API for a network whose head is `global_pool` (a `SelectAdaptivePool2d`) then a linear `fc`
+    on `num_features` channels: `get_classifier`, `reset_classifier` (classes and pooling), `forward_head`,
+    `forward` (the network gives `forward_features`)."""
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc  # type: ignore[attr-defined]
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()  # type: ignore[attr-defined]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        return x if pre_logits else self.fc(x)  # type: ignore[attr-defined]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))  # type: ignore[attr-defined]
