@@ -3,6 +3,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist: one worker per core; the SLURM tests share one worker (tests/conftest.py). `make test XDIST=` runs serially.
+XDIST ?= -n auto --dist loadgroup
 
 .PHONY: setup train test test-fast lint format bench clean
 
@@ -16,10 +18,10 @@ train: setup  ## the main job: train the default backbone on the bundled sample 
 	$(BIN)/python train.py $(ARGS)
 
 test: setup  ## the whole test suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup  ## everything but the slow tests
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -17,7 +17,35 @@ from omegaconf import DictConfig
 from tests.helpers import ROOT, compose_config, tiny_overrides
 from trainer.data import write_sample_set
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`make test` runs `-n auto`) each worker gets an equal share of the cores, so two workers on a
+# 2-core machine do not oversubscribe it; a plain `pytest` run uses up to two threads.
+# The same count goes to the subprocesses the tests start (OMP_NUM_THREADS), so a run in a subprocess computes with
+# the thread count of the in-process run it is compared with (CPU kernels' sums depend on it).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+torch.set_num_threads(_THREADS)
+
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test is in exactly one tier (pyproject's markers), so `-m unit`, `-m "not system"` select what they say:
+    unit (no training), integration (train(cfg) / evaluate(cfg) in process), system (command line, subprocesses, DDP,
+    SLURM, FFCV end to end). A test with none or with two is a usage error naming it.
+
+    Tests that use the real SLURM cluster share one pytest-xdist group, so under `-n` they run on one worker, one after
+    another, against the one cluster that worker starts."""
+    tiers = {item.nodeid: [t for t in TIERS if item.get_closest_marker(t)] for item in items}
+    if both := [node for node, found in tiers.items() if len(found) > 1]:
+        raise pytest.UsageError(f"tests with more than one of the markers {', '.join(TIERS)}: {', '.join(both[:10])}")
+    if untiered := [node for node, found in tiers.items() if not found]:
+        raise pytest.UsageError(
+            f"{len(untiered)} tests have no tier marker ({', '.join(TIERS)}): {', '.join(untiered[:10])}"
+        )
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,7 @@ def net() -> nn.Module:
     return meta_model("bn_inception")
 
 
+@pytest.mark.unit
 def test_figure5_modules(net: nn.Module) -> None:
     chs = 192
     for name, row in FIGURE5.items():
@@ -63,6 +64,7 @@ def test_figure5_modules(net: nn.Module) -> None:
     assert [_out_chs(row) for row in FIGURE5.values()] == [256, 320, 576, 576, 576, 608, 608, 1056, 1024, 1024]
 
 
+@pytest.mark.unit
 def test_output_sizes_at_224(net: nn.Module) -> None:
     shapes: dict[str, tuple[int, ...]] = {}
     names = ["conv1", "maxpool1", "conv3", "maxpool2", *(f"inception{n}" for n in FIGURE5), "global_pool"]
@@ -82,6 +84,7 @@ def test_output_sizes_at_224(net: nn.Module) -> None:
     assert shapes == expected | {"global_pool": (1024,)}  # timm's pooling flattens
 
 
+@pytest.mark.unit
 def test_batch_norm_after_every_conv_no_bias_no_lrn_no_5x5(net: nn.Module) -> None:
     """Sec. 4.2: BN before each nonlinearity (Sec. 3.2: so no conv bias); Sec. 4.2.1: no LRN; Appendix: the 5x5
     convolutions become two 3x3; the classifier is the only fully-connected layer; no dropout by default."""
@@ -96,6 +99,7 @@ def test_batch_norm_after_every_conv_no_bias_no_lrn_no_5x5(net: nn.Module) -> No
     assert net.head_drop.p == 0.0
 
 
+@pytest.mark.unit
 def test_separable_first_convolution(net: nn.Module) -> None:
     """Appendix: "separable convolution with depth multiplier 8 on the first convolutional layer"."""
     assert isinstance(net.conv1, SeparableConvBlock)
@@ -109,6 +113,7 @@ def test_separable_first_convolution(net: nn.Module) -> None:
     assert sum(p.numel() for p in plain.parameters()) - count == 7 * 7 * 3 * 64 - (7 * 7 * 3 * 8 + 24 * 64)
 
 
+@pytest.mark.unit
 def test_params_are_figure5_counted_by_hand(net: nn.Module) -> None:
     """The table's weights, BN's scale and shift per channel, the 1000-way classifier: 11,278,528. The paper's text
     (Sec. 4.2) says 13.6 M, which its table does not give (see the module docstring)."""
@@ -123,6 +128,7 @@ def test_params_are_figure5_counted_by_hand(net: nn.Module) -> None:
     assert abs(hand / 13.6e6 - 1) > 0.15
 
 
+@pytest.mark.unit
 def test_mult_adds_are_30_percent_above_googlenet(net: nn.Module) -> None:
     """Appendix: the double 3x3 branches raise the computational cost "by about 30%" over GoogLeNet's 1.5 billion
     multiply-adds (GoogLeNet, Sec. 5)."""
@@ -131,6 +137,7 @@ def test_mult_adds_are_30_percent_above_googlenet(net: nn.Module) -> None:
     assert macs / 1.5e9 == pytest.approx(1.30, abs=0.01)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("resolution", [97, 225, 161])
 def test_stride2_modules_run_at_odd_sizes(net: nn.Module, resolution: int) -> None:
     """The stride-2 modules' conv branches and pass-through pool agree at any size (both ceil(n / 2))."""
@@ -141,6 +148,7 @@ def test_stride2_modules_run_at_odd_sizes(net: nn.Module, resolution: int) -> No
     assert tuple(out.shape[1:]) == (1024, size, size)
 
 
+@pytest.mark.unit
 def test_feature_pyramid() -> None:
     with torch.device("meta"):
         model = timm.create_model("bn_inception", features_only=True)
@@ -156,6 +164,7 @@ def test_feature_pyramid() -> None:
     ]
 
 
+@pytest.mark.unit
 def test_no_aux_heads_and_head() -> None:
     torch.manual_seed(0)
     model = create_model("bn_inception", num_classes=10)
@@ -168,12 +177,14 @@ def test_no_aux_heads_and_head() -> None:
         assert model(x).shape == (2, 5)
 
 
+@pytest.mark.unit
 def test_paper_accuracy_entry() -> None:
     entry = get_entry("bn_inception")
     assert (entry.top1, entry.top5) == (pytest.approx(100 - 25.2), pytest.approx(100 - 7.82))
     assert (entry.family, entry.recipe, entry.resolution) == ("bn_inception", "bn_inception", 224)
 
 
+@pytest.mark.unit
 def test_bad_drop_rate_raises_one_line() -> None:
     with pytest.raises(ConfigError) as exc:
         timm.create_model("bn_inception", drop_rate=1.5)

@@ -44,6 +44,7 @@ def _assert_one_line_naming(exc: pytest.ExceptionInfo, text: str) -> None:
 # --- depth, widths, map sizes -------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("name", "depth"), PREACT.items())
 def test_preact_depth_is_9n_plus_2(name: str, depth: int) -> None:
     """He et al. count the weighted layers on the main path: the stem, 3 per unit and the classifier, not the three
@@ -58,6 +59,7 @@ def test_preact_depth_is_9n_plus_2(name: str, depth: int) -> None:
     assert len(convs) - len(projections) + len(linears) == depth
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("name", "depth_k"), WRN.items())
 def test_wrn_depth_is_6n_plus_4(name: str, depth_k: tuple[int, int]) -> None:
     """WRN-d-k has d convolutional layers in all: the stem, 2 per unit and the three 1x1 projections."""
@@ -70,6 +72,7 @@ def test_wrn_depth_is_6n_plus_4(name: str, depth_k: tuple[int, int]) -> None:
     assert len(convs) == depth
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", PREACT)
 def test_preact_widths(name: str) -> None:
     model = meta_model(name)
@@ -85,6 +88,7 @@ def test_preact_widths(name: str) -> None:
     assert model.num_features == model.fc.in_features == 256
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("name", "depth_k"), WRN.items())
 def test_wrn_widths(name: str, depth_k: tuple[int, int]) -> None:
     _, k = depth_k
@@ -96,6 +100,7 @@ def test_wrn_widths(name: str, depth_k: tuple[int, int]) -> None:
     assert model.num_features == model.fc.in_features == 64 * k
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["preact_resnet164_cifar", *WRN])
 def test_maps_are_32_16_8_at_32_px(name: str) -> None:
     """Three stages at 32, 16 and 8 px (no pooling in the stem), an 8x8 map into the pool (timm's pool_size)."""
@@ -137,6 +142,7 @@ def _wrn_params(n: int, k: int, classes: int) -> int:
     return total + 2 * 64 * k + 64 * k * classes + classes
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", [*PREACT, *WRN])
 def test_params_are_the_papers(name: str) -> None:
     if name in PREACT:
@@ -152,6 +158,7 @@ def test_params_are_the_papers(name: str) -> None:
     assert round(weights / 1e6, 1) == PAPER_PARAMS_M[name]
 
 
+@pytest.mark.unit
 def test_wrn_28_10_is_the_common_count() -> None:
     """36,479,194 at 10 classes: the count every WRN-28-10 reimplementation with BN reports."""
     assert sum(p.numel() for p in meta_model("wide_resnet28_10_cifar", num_classes=10).parameters()) == 36_479_194
@@ -181,6 +188,7 @@ def _randomise_norms(model: nn.Module) -> None:
             m.bias.data.normal_()
 
 
+@pytest.mark.unit
 def test_preact_unit_is_fig_4e() -> None:
     """BN-ReLU-conv1x1 -> BN-ReLU-conv3x3 -> BN-ReLU-conv1x1, nothing after the addition; a projection shortcut takes
     the pre-activated input, an identity shortcut the raw one (the authors' code)."""
@@ -211,6 +219,7 @@ def test_preact_unit_is_fig_4e() -> None:
         torch.testing.assert_close(model.forward_features(images), expected)
 
 
+@pytest.mark.unit
 def test_wrn_unit_and_dropout_position() -> None:
     """BN-ReLU-conv3x3 -> BN-ReLU-dropout-conv3x3 (the authors' code); dropout nowhere else."""
     model = WideResNetCifar(depth=16, widen_factor=2, num_classes=10, drop_rate=0.3)  # n = 2
@@ -233,6 +242,7 @@ def test_wrn_unit_and_dropout_position() -> None:
         torch.testing.assert_close(unit(y), expected)  # eval: dropout is the identity
 
 
+@pytest.mark.unit
 def test_wrn_dropout_defaults_to_the_papers_cifar_rate() -> None:
     for name in WRN:
         model = meta_model(name)
@@ -242,6 +252,7 @@ def test_wrn_dropout_defaults_to_the_papers_cifar_rate() -> None:
     assert not any(isinstance(m, nn.Dropout) for m in meta_model("preact_resnet164_cifar").modules())
 
 
+@pytest.mark.unit
 def test_init_is_the_authors() -> None:
     """Convolutions N(0, 2 / (k^2 * out_channels)) (MSR init, fan-out), BN weight 1 / bias 0, classifier bias 0."""
     torch.manual_seed(0)
@@ -257,6 +268,7 @@ def test_init_is_the_authors() -> None:
 # --- drop-path, catalogue, errors -----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["preact_resnet164_cifar", "wide_resnet40_4_cifar"])
 def test_drop_path_on_the_residual_branches(name: str) -> None:
     assert drop_path_modules(meta_model(name)) == []
@@ -267,6 +279,7 @@ def test_drop_path_on_the_residual_branches(name: str) -> None:
     assert rates == pytest.approx([0.2 * i / (len(units) - 1) for i in range(1, len(units))])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", [*PREACT, *WRN])
 def test_cifar_entries(name: str) -> None:
     entry, defaults = get_entry(name), data_defaults(name)
@@ -279,6 +292,7 @@ def test_cifar_entries(name: str) -> None:
     assert f"{c10} / {c100} %" in entry.notes
 
 
+@pytest.mark.unit
 def test_in_chans_and_num_classes() -> None:
     model = meta_model("wide_resnet40_4_cifar", num_classes=7, in_chans=1)
     x = torch.empty(2, 1, 32, 32, device="meta")
@@ -289,6 +303,7 @@ def test_in_chans_and_num_classes() -> None:
     assert model(x).shape == (2, 3) and model.get_classifier().out_features == 3
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("name", "kwargs", "text"),
     [
@@ -307,6 +322,7 @@ def test_bad_arguments_fail_in_one_line(name: str, kwargs: dict, text: str) -> N
     _assert_one_line_naming(exc, text)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("cls", "kwargs", "text"),
     [

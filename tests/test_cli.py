@@ -36,6 +36,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     return err[0]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("argv", "message"), BAD_OVERRIDES, ids=[" ".join(a) for a, _ in BAD_OVERRIDES])
 def test_bad_override_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -44,6 +45,7 @@ def test_bad_override_is_one_line(argv: list[str], message: str, capsys: pytest.
     assert message in _one_line_error(capsys)
 
 
+@pytest.mark.unit
 def test_good_overrides_pass(capsys: pytest.CaptureFixture[str]) -> None:
     prepare(CONF_DIR, "train", ["model=alexnet", "recipe=resnet", "-m", "optim.lr=0.1,0.2", "--cfg", "job"])
     assert capsys.readouterr().err == ""
@@ -60,6 +62,7 @@ BAD_RUNS = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("overrides", "message"), BAD_RUNS, ids=[" ".join(o) for o, _ in BAD_RUNS])
 def test_bad_run_input_is_one_line(overrides, message, tiny_cfg, tmp_path: Path, capsys) -> None:
     cfg = tiny_cfg(*(o.format(tmp=tmp_path) for o in overrides))
@@ -69,6 +72,7 @@ def test_bad_run_input_is_one_line(overrides, message, tiny_cfg, tmp_path: Path,
     assert message.format(tmp=tmp_path) in _one_line_error(capsys)
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("script", "args", "message"),

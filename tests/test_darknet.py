@@ -40,6 +40,7 @@ def _table_6_params() -> int:
     return total + chs * 1000 + 1000
 
 
+@pytest.mark.unit
 def test_darknet19_is_table_6() -> None:
     model = meta_model("darknet19")
     layers = _layers(model)
@@ -59,6 +60,7 @@ def test_darknet19_is_table_6() -> None:
     assert model.get_classifier() is convs[-1] and convs[-1].bias is not None
 
 
+@pytest.mark.unit
 def test_map_sizes_at_224() -> None:
     """Table 6's output column: 224 for the first conv, halved by each pool down to 7x7 for the last stage and the
     classifier, then the global average pool."""
@@ -76,6 +78,7 @@ def test_map_sizes_at_224() -> None:
     assert out.shape == (1, 1000)
 
 
+@pytest.mark.unit
 def test_operations_and_params() -> None:
     """Table 6: 5.58 billion operations at 224 px, a multiply and an add counted apart (2 per multiply-add; the
     paper rounds to 0.01 B, 0.2 %). YOLOv3's Table 2 gives the same network 7.29 B at 256 px. Parameters: the paper
@@ -86,6 +89,7 @@ def test_operations_and_params() -> None:
     assert sum(p.numel() for p in model.parameters()) == _table_6_params() == get_entry("darknet19").params
 
 
+@pytest.mark.unit
 def test_darknet19_448_is_the_same_network() -> None:
     small, large = get_entry("darknet19"), get_entry("darknet19_448")
     assert small.builder == large.builder and small.params == large.params
@@ -95,6 +99,7 @@ def test_darknet19_448_is_the_same_network() -> None:
     assert count_macs(model, 448) == 4 * count_macs(model, 224)
 
 
+@pytest.mark.unit
 def test_features_only_strides() -> None:
     with torch.device("meta"):
         model = create_model("darknet19", features_only=True)
@@ -104,6 +109,7 @@ def test_features_only_strides() -> None:
     assert [m.shape[-1] for m in maps] == [224, 112, 56, 28, 14]
 
 
+@pytest.mark.unit
 def test_odd_maps_round_up_as_darknets_pool() -> None:
     """Darknet pads its 2x2/2 max-pool on the right and bottom: 100 -> 50 -> 25 -> 13 -> 7 -> 4."""
     with torch.device("meta"):
@@ -112,6 +118,7 @@ def test_odd_maps_round_up_as_darknets_pool() -> None:
     assert [m.shape[-1] for m in maps] == [50, 25, 13, 7, 4]
 
 
+@pytest.mark.unit
 def test_head_is_the_classifier_convolution() -> None:
     torch.manual_seed(0)
     model = create_model("darknet19", num_classes=10).eval()
@@ -131,6 +138,7 @@ def test_head_is_the_classifier_convolution() -> None:
         assert model(x).shape == (2, 1024)
 
 
+@pytest.mark.unit
 def test_init_is_darknets() -> None:
     """Darknet: weights sqrt(2 / (k * k * c_in)) * N(0, 1), biases 0."""
     torch.manual_seed(0)
@@ -141,6 +149,7 @@ def test_init_is_darknets() -> None:
     assert torch.all(model.get_classifier().bias == 0)
 
 
+@pytest.mark.unit
 def test_bad_drop_rate_raises_one_line() -> None:
     with pytest.raises(ConfigError) as exc:
         Darknet19(drop_rate=1.5)

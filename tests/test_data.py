@@ -77,6 +77,7 @@ def corrupt_root(tmp_path: Path) -> Path:
 # -- sample set ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_sample_set_has_all_digits_split_stratified(sample_root: Path) -> None:
     counts = {
         split: {c.name: len(list(c.glob("*.jpg"))) for c in (sample_root / split).iterdir()}
@@ -94,6 +95,7 @@ def test_sample_set_has_all_digits_split_stratified(sample_root: Path) -> None:
     assert len(train_ids | val_ids) == 1797
 
 
+@pytest.mark.unit
 def test_sample_images_are_rgb_jpegs_of_the_requested_size(sample_root: Path) -> None:
     with Image.open(next((sample_root / "val" / "3").glob("*.jpg"))) as image:
         assert image.format == "JPEG"
@@ -101,10 +103,12 @@ def test_sample_images_are_rgb_jpegs_of_the_requested_size(sample_root: Path) ->
         assert image.size == (32, 32)
 
 
+@pytest.mark.unit
 def test_sample_set_is_deterministic(sample_root: Path, tmp_path: Path) -> None:
     assert _files(write_sample_set(tmp_path / "again")) == _files(sample_root)
 
 
+@pytest.mark.unit
 def test_sample_set_is_written_once(sample_root: Path) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in [sample_root / ".complete", *sorted(sample_root.rglob("*.jpg"))[:20]]}
     assert write_sample_set(sample_root) == sample_root
@@ -112,12 +116,14 @@ def test_sample_set_is_written_once(sample_root: Path) -> None:
     assert [p.name for p in sample_root.parent.iterdir()] == ["digits"]  # no temporary folder left behind
 
 
+@pytest.mark.unit
 def test_sample_set_with_other_parameters_is_refused(sample_root: Path) -> None:
     with pytest.raises(DataError) as exc:
         write_sample_set(sample_root, size=16)
     _assert_one_line_naming(exc, sample_root)
 
 
+@pytest.mark.unit
 def test_sample_set_refuses_a_folder_that_is_not_one(tmp_path: Path) -> None:
     _image(tmp_path / "mine" / "keep.jpg")
     with pytest.raises(DataError) as exc:
@@ -125,6 +131,7 @@ def test_sample_set_refuses_a_folder_that_is_not_one(tmp_path: Path) -> None:
     _assert_one_line_naming(exc, tmp_path / "mine")
 
 
+@pytest.mark.unit
 def test_sample_set_ignores_a_killed_partial_write(tmp_path: Path) -> None:
     # What a killed write leaves: a half-filled temporary sibling, never a half-filled root.
     _tree(tmp_path / ".digits.partial-dead", {"train": {"0": 2}})
@@ -137,6 +144,7 @@ def test_sample_set_ignores_a_killed_partial_write(tmp_path: Path) -> None:
 # -- layout validation ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_validate_layout_returns_sorted_shared_classes(tmp_path: Path) -> None:
     root = _tree(tmp_path, {"train": {"n02": 1, "n01": 2}, "val": {"n01": 1, "n02": 1}}, ext=".JPEG")
     (root / "train" / ".ipynb_checkpoints").mkdir()  # hidden folders are not classes
@@ -167,6 +175,7 @@ def _different_classes(tmp_path: Path) -> tuple[Path, Path]:
     return _tree(tmp_path, {"train": {"a": 1, "b": 1}, "val": {"a": 1, "c": 1}}), tmp_path / "val"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("make", [_missing_root, _missing_val, _flat_split, _empty_class, _different_classes])
 def test_validate_layout_errors_name_the_path(tmp_path: Path, make) -> None:
     root, named = make(tmp_path)
@@ -175,6 +184,7 @@ def test_validate_layout_errors_name_the_path(tmp_path: Path, make) -> None:
     _assert_one_line_naming(exc, named)
 
 
+@pytest.mark.unit
 def test_validate_layout_messages_say_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         validate_layout(tmp_path / "nowhere")
@@ -189,6 +199,7 @@ def test_validate_layout_messages_say_what_is_wrong(tmp_path: Path) -> None:
 # -- undecodable images --------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_corrupt_image_raises_naming_the_file(corrupt_root: Path) -> None:
     dataset = ImageFolderDataset(corrupt_root / "val", ["a", "b"])
     bad = [i for i, (path, _) in enumerate(dataset.samples) if path.endswith("x.jpg")]
@@ -198,6 +209,7 @@ def test_corrupt_image_raises_naming_the_file(corrupt_root: Path) -> None:
     assert str(exc.value).startswith("cannot decode image")
 
 
+@pytest.mark.unit
 def test_corrupt_image_error_survives_a_worker_process(corrupt_root: Path) -> None:
     loader = _datamodule(corrupt_root, batch_size=4, num_workers=1).val_dataloader()
     with pytest.raises(UserError) as exc:
@@ -208,6 +220,7 @@ def test_corrupt_image_error_survives_a_worker_process(corrupt_root: Path) -> No
     assert "\n" not in message
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_corrupt_image_is_skipped_and_counted(corrupt_root: Path, num_workers: int) -> None:
     datamodule = _datamodule(corrupt_root, batch_size=8, num_workers=num_workers, skip_bad_images=True)
@@ -221,6 +234,7 @@ def test_corrupt_image_is_skipped_and_counted(corrupt_root: Path, num_workers: i
     assert datamodule.bad_images_skipped() == 0  # reading resets the count
 
 
+@pytest.mark.unit
 def test_skip_count_reaches_the_parent_from_spawned_workers(corrupt_root: Path) -> None:
     # Spawned workers (macOS, ddp_spawn) get the counter by pickling, not by fork inheritance.
     datamodule = _datamodule(corrupt_root, batch_size=8, skip_bad_images=True)
@@ -236,6 +250,7 @@ def test_skip_count_reaches_the_parent_from_spawned_workers(corrupt_root: Path) 
     assert datamodule.bad_images_skipped() == 1
 
 
+@pytest.mark.unit
 def test_all_bad_batch_collates_to_none() -> None:
     assert collate_skipping_bad([None, None]) is None
     images, targets = collate_skipping_bad([None, (torch.zeros(3), 1)])
@@ -243,6 +258,7 @@ def test_all_bad_batch_collates_to_none() -> None:
     assert targets.tolist() == [1]
 
 
+@pytest.mark.unit
 def test_skip_counter_survives_pickling(corrupt_root: Path) -> None:
     counter = SkipCounter()
     counter.add(2)
@@ -257,6 +273,7 @@ def test_skip_counter_survives_pickling(corrupt_root: Path) -> None:
 # -- transforms ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_transform_output_shapes_and_no_extra_augmentation(tmp_path: Path) -> None:
     datamodule = _datamodule(tmp_path, resolution=40)
     image = Image.new("RGB", (64, 48), (10, 120, 240))
@@ -270,6 +287,7 @@ def test_transform_output_shapes_and_no_extra_augmentation(tmp_path: Path) -> No
     assert any("RandomResizedCrop" in t.__name__ for t in stages)
 
 
+@pytest.mark.unit
 def test_val_transform_resizes_shorter_side_then_centre_crops(tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8, generator=generator)
@@ -281,6 +299,7 @@ def test_val_transform_resizes_shorter_side_then_centre_crops(tmp_path: Path) ->
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.unit
 def test_normalisation_uses_the_given_mean_and_std(tmp_path: Path) -> None:
     color = (255, 0, 51)
     out = _datamodule(tmp_path).val_transform()(Image.new("RGB", (50, 50), color))
@@ -289,6 +308,7 @@ def test_normalisation_uses_the_given_mean_and_std(tmp_path: Path) -> None:
         torch.testing.assert_close(out[channel], torch.full((32, 32), expected))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("key", ["resolution", "crop_ratio", "mean", "std"])
 def test_unset_transform_setting_is_a_config_error(tmp_path: Path, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"data\.{key} is not set"):
@@ -298,6 +318,7 @@ def test_unset_transform_setting_is_a_config_error(tmp_path: Path, key: str) -> 
 # -- batching and the datamodule -----------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_global_batch_is_split_across_devices(tmp_path: Path) -> None:
     datamodule = _datamodule(tmp_path, batch_size=256)
     assert datamodule.per_device_batch_size == 256
@@ -305,6 +326,7 @@ def test_global_batch_is_split_across_devices(tmp_path: Path) -> None:
     assert datamodule.per_device_batch_size == 32
 
 
+@pytest.mark.unit
 def test_indivisible_batch_is_a_config_error(tmp_path: Path) -> None:
     datamodule = _datamodule(tmp_path, batch_size=250)
     datamodule.trainer = SimpleNamespace(world_size=8)
@@ -313,6 +335,7 @@ def test_indivisible_batch_is_a_config_error(tmp_path: Path) -> None:
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.unit
 def test_unexpected_class_count_is_a_data_error(sample_root: Path) -> None:
     datamodule = _datamodule(sample_root, num_classes=1000)
     with pytest.raises(DataError) as exc:
@@ -322,12 +345,14 @@ def test_unexpected_class_count_is_a_data_error(sample_root: Path) -> None:
     assert _datamodule(sample_root, num_classes=10).num_classes == 10
 
 
+@pytest.mark.unit
 def test_small_train_set_is_not_dropped(tmp_path: Path) -> None:
     root = _tree(tmp_path, {"train": {"a": 2, "b": 1}, "val": {"a": 1, "b": 1}})
     batches = list(_datamodule(root, batch_size=8, drop_last=True).train_dataloader())
     assert [len(targets) for _, targets in batches] == [3]
 
 
+@pytest.mark.unit
 def test_sample_datamodule_end_to_end(sample_root: Path) -> None:
     datamodule = _datamodule(sample_root, sample=True, batch_size=64, num_classes=10)
     datamodule.prepare_data()
@@ -344,6 +369,7 @@ def test_sample_datamodule_end_to_end(sample_root: Path) -> None:
     assert datamodule.state_dict() == {}
 
 
+@pytest.mark.unit
 def test_sample_datamodule_writes_the_set_on_a_fresh_machine(tmp_path: Path) -> None:
     root = tmp_path / "fresh" / "digits"
     datamodule = _datamodule(root, sample=True, sample_size=8)
@@ -371,6 +397,7 @@ def _augment(**overrides):
     return base
 
 
+@pytest.mark.unit
 def test_lighting_adds_one_pca_offset_per_image_with_the_papers_spread() -> None:
     from trainer.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, Lighting
 
@@ -387,6 +414,7 @@ def test_lighting_adds_one_pca_offset_per_image_with_the_papers_spread() -> None
     assert torch.equal(Lighting(0.0)(image), image)
 
 
+@pytest.mark.unit
 def test_scale_jitter_draws_the_shorter_side_from_the_range() -> None:
     from trainer.data.transforms import ScaleJitter
 
@@ -405,6 +433,7 @@ def test_scale_jitter_draws_the_shorter_side_from_the_range() -> None:
     assert transform(_photo()).shape == (3, 224, 224)
 
 
+@pytest.mark.unit
 def test_paper_pixel_sizes_scale_with_the_resolution() -> None:
     transform = build_train_transform(
         _augment(crop="scale_jitter", jitter_sizes=[256, 512]),
@@ -425,6 +454,7 @@ def test_paper_pixel_sizes_scale_with_the_resolution() -> None:
     assert alexnet.transforms[0].size == (128, 128) and alexnet(_photo()).shape == (3, 112, 112)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("policy", ["original", "v0", "rand-m9-mstd0.5"])
 def test_auto_augment_policies_keep_shapes_and_change_pixels(policy: str) -> None:
     torch.manual_seed(0)
@@ -449,6 +479,7 @@ def test_auto_augment_policies_keep_shapes_and_change_pixels(policy: str) -> Non
     assert any(not torch.allclose(o, plain(image)) for o in outs), "the policy changed some images"
 
 
+@pytest.mark.unit
 def test_bad_augment_values_name_the_key() -> None:
     kwargs = dict(resolution=64, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear")
     for overrides, key in (
@@ -462,6 +493,7 @@ def test_bad_augment_values_name_the_key() -> None:
         assert key in str(exc.value) and "\n" not in str(exc.value)
 
 
+@pytest.mark.unit
 def test_recipe_augment_wins_over_the_data_sets_own(tiny_cfg) -> None:
     cfg = tiny_cfg("augment=alexnet")
     datamodule = build_datamodule(cfg)

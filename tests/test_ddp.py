@@ -30,6 +30,7 @@ from trainer.train import train
 # -- samplers ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_val_shares_cover_the_set_once_where_distributed_sampler_pads() -> None:
     data = list(range(359))
     shares = [list(UnrepeatedDistributedSampler(data, num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
@@ -39,6 +40,7 @@ def test_val_shares_cover_the_set_once_where_distributed_sampler_pads() -> None:
     assert len(padded[0] + padded[1]) == 360  # the pitfall: one sample counted twice
 
 
+@pytest.mark.unit
 def test_train_order_and_seeds_depend_on_seed_and_epoch_only() -> None:
     data = list(range(50))
     a = SeededDistributedSampler(data, num_replicas=2, rank=1, shuffle=True, seed=3)
@@ -49,6 +51,7 @@ def test_train_order_and_seeds_depend_on_seed_and_epoch_only() -> None:
     assert len({s for _, s in a}) == 25  # a distinct augmentation seed per sample
 
 
+@pytest.mark.unit
 def test_same_batches_whatever_the_worker_count(tiny_cfg) -> None:
     batches = {}
     for workers in (0, 2):
@@ -65,6 +68,7 @@ def test_same_batches_whatever_the_worker_count(tiny_cfg) -> None:
 # -- checks before launch ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_device_and_node_checks(tiny_cfg) -> None:
     with pytest.raises(ConfigError, match=r"trainer.devices=2 but this machine has 0 GPU\(s\)"):
         check_devices(tiny_cfg("trainer.accelerator=gpu", "trainer.devices=2"))
@@ -78,6 +82,7 @@ def test_device_and_node_checks(tiny_cfg) -> None:
         check_devices(tiny_cfg("trainer.sync_batchnorm=true"))
 
 
+@pytest.mark.system
 def test_ranks_above_zero_write_no_hydra_files() -> None:
     argv = ["train.py", "model=resnet18"]
     rank_zero_hydra_files(argv, env={"SLURM_PROCID": "0"})
@@ -87,6 +92,7 @@ def test_ranks_above_zero_write_no_hydra_files() -> None:
     assert process_rank({"NODE_RANK": "1", "LOCAL_RANK": "0"}) == 1
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_bad_device_count_and_batch_split_are_one_line_errors(cache_dir: Path, sample_root: Path, tmp_path: Path):
     base = tiny_overrides(tmp_path / "run", cache_dir)
@@ -102,6 +108,7 @@ def test_bad_device_count_and_batch_split_are_one_line_errors(cache_dir: Path, s
 # -- DDP runs ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_ddp_val_top1_equals_single_process_evaluation(cache_dir: Path, sample_root: Path, tmp_path: Path) -> None:
     """2 gloo processes on a 359-image val set: the top-1/top-5 DDP reports equals evaluate.py's (one process,
@@ -127,6 +134,7 @@ def test_ddp_val_top1_equals_single_process_evaluation(cache_dir: Path, sample_r
     assert results["top1"] == pytest.approx(100 * correct / 359, abs=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_deterministic_results_whatever_the_worker_count(cache_dir: Path, sample_root: Path, tmp_path: Path):
     """trainer.deterministic=true on CPU; the same seed gives the same weights and metrics with 0 and 2 workers."""
@@ -153,6 +161,7 @@ def test_deterministic_results_whatever_the_worker_count(cache_dir: Path, sample
 # -- resume -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_newest_readable_falls_back_and_says_so(tmp_path: Path) -> None:
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
@@ -172,6 +181,7 @@ def test_newest_readable_falls_back_and_says_so(tmp_path: Path) -> None:
     assert [p.name for p in removed] == ["hpc_ckpt_1.ckpt"]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_resume_falls_back_past_an_unreadable_checkpoint(cache_dir: Path, sample_root: Path, tmp_path: Path):
     run_dir = tmp_path / "run"

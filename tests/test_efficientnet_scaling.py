@@ -34,6 +34,7 @@ def _num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.unit
 def test_phi_0_is_b0() -> None:
     model, resolution = _meta_efficientnet(0)
     b0 = meta_model("efficientnet_b0")
@@ -43,6 +44,7 @@ def test_phi_0_is_b0() -> None:
     assert model.drop_rate == 0.2
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("phi", range(1, 8))
 def test_widths_depths_resolution_follow_the_closed_form(phi: int) -> None:
     model, resolution = _meta_efficientnet(phi)
@@ -58,6 +60,7 @@ def test_widths_depths_resolution_follow_the_closed_form(phi: int) -> None:
     assert model.drop_rate == (0.2, 0.2, 0.3, 0.3, 0.4, 0.4, 0.5, 0.5)[phi]
 
 
+@pytest.mark.unit
 def test_macs_grow_about_2_to_the_phi() -> None:
     """FLOPs scale with d * w^2 * r^2 = (alpha * beta^2 * gamma^2)^phi = 1.92^phi for the paper's bases (Sec. 3.3).
 
@@ -77,6 +80,7 @@ def test_macs_grow_about_2_to_the_phi() -> None:
             assert 1.9 <= ratio ** (1 / phi) <= 2.2, (phi, ratio)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [

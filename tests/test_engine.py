@@ -41,6 +41,7 @@ def _module(model: nn.Module, **kwargs) -> ClassificationModule:
     return ClassificationModule(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), num_classes=3, **kwargs)
 
 
+@pytest.mark.unit
 def test_aux_losses_are_weighted_per_head() -> None:
     torch.manual_seed(0)
     model, x, y = _AuxNet(), torch.randn(8, 4), torch.randint(0, 3, (8,))
@@ -57,12 +58,14 @@ def test_aux_losses_are_weighted_per_head() -> None:
     assert torch.isfinite(single)
 
 
+@pytest.mark.unit
 def test_aux_outputs_without_weights_is_a_config_error() -> None:
     model = _AuxNet(heads=2)
     with pytest.raises(ConfigError, match="2 auxiliary outputs"):
         _module(model, aux_weights=[0.3, 0.3, 0.3]).loss(model(torch.randn(2, 4)), torch.zeros(2, dtype=torch.long))
 
 
+@pytest.mark.unit
 def test_weight_decay_groups_by_module_type() -> None:
     model = create_model("resnet18", num_classes=10)
     decay, no_decay = param_groups(model, 1e-4, decay_norm_and_bias=False)
@@ -75,6 +78,7 @@ def test_weight_decay_groups_by_module_type() -> None:
     assert len(param_groups(model, 1e-4, decay_norm_and_bias=True)) == 1
 
 
+@pytest.mark.unit
 def test_create_optimizer_uses_timm_and_scales_lr() -> None:
     model = create_model("resnet18", num_classes=10)
     opt = create_optimizer(
@@ -96,6 +100,7 @@ def test_create_optimizer_uses_timm_and_scales_lr() -> None:
         create_optimizer(model, opt="sdg")
 
 
+@pytest.mark.unit
 def test_scale_lr() -> None:
     assert scale_lr(0.1, 256, 1024, "linear") == pytest.approx(0.4)
     assert scale_lr(0.1, 256, 1024, "sqrt") == pytest.approx(0.2)
@@ -122,12 +127,14 @@ def _lr_curve(sched: str, interval: str, epochs: int, per_epoch: int, **kwargs) 
     return lrs
 
 
+@pytest.mark.unit
 def test_multistep_per_epoch_matches_closed_form() -> None:
     lrs = _lr_curve("multistep", "epoch", epochs=9, per_epoch=3, milestones=[3, 6], decay_rate=0.1)
     expected = [0.1 * 0.1 ** sum(e >= m for m in (3, 6)) for e in range(9) for _ in range(3)]
     assert lrs == pytest.approx(expected)
 
 
+@pytest.mark.unit
 def test_step_every_fractional_period_per_step() -> None:
     # 0.94 every 2 epochs, realised per step (the Inception recipe's form): lr = 0.1 * 0.94 ** floor(t / 2)
     lrs = _lr_curve("step", "step", epochs=6, per_epoch=5, decay_epochs=1.4, decay_rate=0.94)
@@ -135,6 +142,7 @@ def test_step_every_fractional_period_per_step() -> None:
     assert lrs == pytest.approx(expected)
 
 
+@pytest.mark.unit
 def test_cosine_per_step_with_warmup_matches_closed_form() -> None:
     per_epoch, epochs, warm = 4, 5, 1
     lrs = _lr_curve("cosine", "step", epochs=epochs, per_epoch=per_epoch, warmup_epochs=warm, warmup_lr=0.0)
@@ -145,12 +153,14 @@ def test_cosine_per_step_with_warmup_matches_closed_form() -> None:
     assert lrs == pytest.approx(expected)
 
 
+@pytest.mark.unit
 def test_exponential_every_fractional_period() -> None:
     # NASNet's / EfficientNet's 0.97 every 2.4 epochs, per step: lr = 0.1 * 0.97 ** floor(t / 2.4)
     lrs = _lr_curve("exponential", "step", epochs=8, per_epoch=5, decay_epochs=2.4, decay_rate=0.97)
     assert lrs == pytest.approx([0.1 * 0.97 ** math.floor((i / 5) / 2.4) for i in range(40)])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("power", [0.5, 4.0])
 def test_poly_matches_closed_form(power: float) -> None:
     # SqueezeNet (power 0.5) and Darknet (power 4): lr = 0.1 (1 - t / T) ^ power, per step
@@ -158,6 +168,7 @@ def test_poly_matches_closed_form(power: float) -> None:
     assert lrs == pytest.approx([0.1 * (1 - t / 12) ** power for t in range(12)])
 
 
+@pytest.mark.unit
 def test_linear_with_warmup_prefix_is_ffcvs_ramp() -> None:
     # FFCV: 0 -> peak at the end of epoch 2 (warm-up), then linearly to 0 at the end of epoch 8 (np.interp form)
     lrs = _lr_curve("linear", "step", epochs=8, per_epoch=5, warmup_epochs=2, warmup_prefix=True)
@@ -166,6 +177,7 @@ def test_linear_with_warmup_prefix_is_ffcvs_ramp() -> None:
     assert max(lrs) == pytest.approx(0.1)
 
 
+@pytest.mark.unit
 def test_plateau_divides_when_the_metric_stops_improving() -> None:
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     scheduler = create_scheduler(
@@ -183,6 +195,7 @@ def test_plateau_divides_when_the_metric_stops_improving() -> None:
         create_scheduler(opt, num_epochs=2, updates_per_epoch=1, sched="plateau", interval="step")
 
 
+@pytest.mark.unit
 def test_plateau_state_survives_a_checkpoint() -> None:
     """Patience counters are in the checkpoint: a resumed run cuts the lr when the uninterrupted one does."""
     metrics = [0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
@@ -207,6 +220,7 @@ def test_plateau_state_survives_a_checkpoint() -> None:
     assert run(resume_at=4) == pytest.approx(uninterrupted)
 
 
+@pytest.mark.unit
 def test_tf_rmsprop_puts_epsilon_inside_the_square_root() -> None:
     """timm's rmsproptf (the Inception papers' TensorFlow form) against torch's RMSProp on one known gradient
     sequence, both written out: TF's ms starts at 1 and divides by sqrt(ms + eps); torch's starts at 0 and divides
@@ -236,6 +250,7 @@ def test_tf_rmsprop_puts_epsilon_inside_the_square_root() -> None:
     assert abs(tf_w - torch_w) > 0.01
 
 
+@pytest.mark.unit
 def test_depthwise_filters_can_be_exempt_from_weight_decay() -> None:
     model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8, bias=False), nn.Conv2d(8, 16, 1, bias=False))
     groups = param_groups(model, 4e-5, decay_norm_and_bias=False, decay_depthwise=False)
@@ -244,6 +259,7 @@ def test_depthwise_filters_can_be_exempt_from_weight_decay() -> None:
     assert len(param_groups(model, 4e-5, decay_norm_and_bias=False)[0]["params"]) == 2  # default: decayed
 
 
+@pytest.mark.unit
 def test_ema_after_k_steps_is_the_closed_form() -> None:
     """ema_1 = w_1, ema_k = d ema_(k-1) + (1 - d) w_k, over the weights after each optimizer step."""
     torch.manual_seed(0)
@@ -268,6 +284,7 @@ def test_ema_after_k_steps_is_the_closed_form() -> None:
         ClassificationModule(nn.Linear(3, 2), lambda m: None, num_classes=2, ema_decay=1.0)
 
 
+@pytest.mark.unit
 def test_bad_sched_interval() -> None:
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ConfigError, match="sched.interval='epochs'"):
@@ -279,6 +296,7 @@ class _Unpicklable:
         raise RuntimeError("disk full (simulated by an object that fails half-way through pickling)")
 
 
+@pytest.mark.unit
 def test_failed_checkpoint_write_keeps_last_good_file(tmp_path) -> None:
     path = tmp_path / "last.ckpt"
     atomic_torch_save({"epoch": 1, "w": torch.ones(3)}, path)
@@ -288,6 +306,7 @@ def test_failed_checkpoint_write_keeps_last_good_file(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left behind
 
 
+@pytest.mark.unit
 def test_channels_last_model_and_inputs(tiny_cfg) -> None:
     from trainer.builders import build_model, build_module
 

@@ -37,6 +37,7 @@ def _image(height: int = 9, width: int = 12) -> torch.Tensor:
     return torch.arange(3 * height * width, dtype=torch.float32).reshape(3, height, width) / 100
 
 
+@pytest.mark.unit
 def test_ten_crop_takes_corners_centre_and_their_mirrors() -> None:
     image = _image()
     views = ten_crop(image, 6)
@@ -47,6 +48,7 @@ def test_ten_crop_takes_corners_centre_and_their_mirrors() -> None:
     assert not torch.equal(views[5], views[0])  # actually flipped
 
 
+@pytest.mark.unit
 def test_ten_crop_score_is_the_average_softmax_of_the_ten_views() -> None:
     model = ToyModel().eval()
     images = torch.stack([_image(), _image() * -1])
@@ -63,6 +65,7 @@ def test_ten_crop_score_is_the_average_softmax_of_the_ten_views() -> None:
         assert torch.allclose(score_views(model, views, chunk=3), scores, atol=1e-6)
 
 
+@pytest.mark.unit
 def test_googlenet_crops_per_scale() -> None:
     views = googlenet_crops(_image(9, 12), 6)
     assert views.shape == (36, 3, 6, 6)  # 3 squares x 6 crops x 2 mirrors
@@ -70,6 +73,7 @@ def test_googlenet_crops_per_scale() -> None:
     assert Protocol("googlenet_144", resolution=224, crop_ratio=0.875).views_per_image == 144
 
 
+@pytest.mark.unit
 def test_multi_scale_averages_every_scale_and_mirror() -> None:
     model = ToyModel().eval()
     small, large = _image(8, 8), _image(12, 16)
@@ -82,6 +86,7 @@ def test_multi_scale_averages_every_scale_and_mirror() -> None:
     assert torch.allclose(scores, torch.stack(expected), atol=1e-6)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("name", "views", "shape"),
     [("ten_crop", 10, (10, 3, 32, 32)), ("googlenet_144", 144, (144, 3, 32, 32)), ("multi_scale", 10, None)],
@@ -97,6 +102,7 @@ def test_protocol_transforms(name: str, views: int, shape: tuple[int, ...] | Non
         assert [min(x.shape[-2:]) for x in out] == protocol.pixel_scales
 
 
+@pytest.mark.unit
 def test_protocol_rejects_bad_names_and_scales() -> None:
     with pytest.raises(ConfigError, match="eval.protocol='five_crop' is not one of center, ten_crop"):
         Protocol("five_crop", resolution=224, crop_ratio=0.875)
@@ -104,6 +110,7 @@ def test_protocol_rejects_bad_names_and_scales() -> None:
         Protocol("multi_scale", resolution=224, crop_ratio=0.875, scales=(256, 0))
 
 
+@pytest.mark.unit
 def test_alexnet_fc_head_as_convolutions_equals_the_fc_output_at_224() -> None:
     torch.manual_seed(0)
     model = create_model("alexnet", num_classes=10).eval()
@@ -117,6 +124,7 @@ def test_alexnet_fc_head_as_convolutions_equals_the_fc_output_at_224() -> None:
         assert dense(torch.randn(1, 3, 288, 320)).shape == (1, 10)  # a score map, averaged
 
 
+@pytest.mark.unit
 def test_globally_pooled_and_conv_mlp_heads_are_used_as_they_are() -> None:
     for name in ("vgg16", "resnet18"):
         model = meta_model(name)
@@ -140,6 +148,7 @@ def _evaluate(ckpt: Path, tmp_path: Path, cache_dir: Path, *overrides: str) -> d
     return evaluate(cfg, overrides=given)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 # the sample set never flips in training: no mirrored views (issue 24), 5 crops and 3 scales
 @pytest.mark.parametrize(("protocol", "views"), [("center", 1), ("ten_crop", 5), ("multi_scale", 3)])
@@ -172,6 +181,7 @@ def test_each_protocol_on_a_tiny_run(
         assert (tmp_path / "x.json").is_file()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_googlenet_144_on_a_tiny_run(tiny_ckpt: Path, cache_dir: Path, tmp_path: Path) -> None:
     # 4 scales x 3 squares x 6 crops = 72: the sample set never flips in training, so no mirrored views (issue 24);
@@ -182,6 +192,7 @@ def test_googlenet_144_on_a_tiny_run(tiny_ckpt: Path, cache_dir: Path, tmp_path:
     assert results["views_per_image"] == 72 and results["scales"] == [37, 41, 46, 50]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_bad_protocol_resolution_and_weights_fail_in_one_line(tiny_ckpt: Path, cache_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="eval.protocol='dense' is not one of"):

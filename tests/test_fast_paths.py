@@ -71,6 +71,7 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.integration
 def test_training_steps_do_not_sync_between_logging_steps(tiny_cfg, monkeypatch) -> None:
     """Every training batch (fetch, step, backward, optimizer, hooks, progress bar, logging) is run under a
     sync counter: only Lightning's logging steps (every trainer.log_every_n_steps) may wait for the device."""
@@ -133,6 +134,7 @@ def _losses(tiny_cfg, *overrides: str) -> list[float]:
 PLAIN = ("trainer.precision=32-true", "model.channels_last=false", "optim.step_impl=for_loop", "compile=false")
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "tolerance"),
@@ -164,6 +166,7 @@ class TinyNet(nn.Module):
         return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
 
 
+@pytest.mark.unit
 @pytest.mark.slow
 def test_compiled_model_matches_eager_outputs_and_gradients() -> None:
     torch.manual_seed(0)
@@ -189,6 +192,7 @@ def failing_backend(gm, example_inputs):
     raise RuntimeError("no kernel for this op\nlong traceback details")
 
 
+@pytest.mark.unit
 def test_compile_failure_falls_back_to_eager_with_one_warning() -> None:
     torch.manual_seed(0)
     model = TinyNet()
@@ -204,6 +208,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning() -> None:
     torch._dynamo.reset()
 
 
+@pytest.mark.unit
 def test_compile_fallback_reraises_the_models_own_error() -> None:
     model = TinyNet()
     compile_model(model, "tinynet", backend=failing_backend)
@@ -214,6 +219,7 @@ def test_compile_fallback_reraises_the_models_own_error() -> None:
     torch._dynamo.reset()
 
 
+@pytest.mark.unit
 def test_switches_default_on_with_cuda_only(tiny_cfg, monkeypatch) -> None:
     cfg = tiny_cfg()
     assert cfg.compile is None and cfg.model.channels_last is None  # defaults: decided by the device
@@ -235,11 +241,13 @@ def test_switches_default_on_with_cuda_only(tiny_cfg, monkeypatch) -> None:
     torch._dynamo.reset()
 
 
+@pytest.mark.unit
 def test_gpu_trainer_config_is_bf16_with_cudnn_benchmark(tiny_cfg) -> None:
     cfg = tiny_cfg("trainer=gpu")
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.benchmark is True
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("opt", "step_impl", "device", "expected"),
     [
@@ -255,6 +263,7 @@ def test_step_impl_kwargs(opt, step_impl, device, expected) -> None:
     assert step_impl_kwargs(opt, step_impl, device) == expected
 
 
+@pytest.mark.unit
 def test_step_impl_errors_name_the_option() -> None:
     with pytest.raises(ConfigError, match="optim.step_impl='fast' is not one of auto, fused"):
         step_impl_kwargs("momentum", "fast", "cpu")
@@ -262,12 +271,14 @@ def test_step_impl_errors_name_the_option() -> None:
         step_impl_kwargs("rmsprop", "fused", "cuda")
 
 
+@pytest.mark.unit
 def test_default_optimizer_steps_with_foreach_on_cpu() -> None:
     optimizer = create_optimizer(TinyNet(), opt="sgd")
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["foreach"] is True
     assert optimizer.defaults["fused"] is None
 
 
+@pytest.mark.system
 def test_bad_step_impl_exits_2_with_one_line(tmp_path, cache_dir, sample_root) -> None:
     from tests.helpers import tiny_overrides
 
@@ -303,6 +314,7 @@ def test_loader_batches_are_pinned_on_a_gpu_machine(tiny_cfg) -> None:
     assert all(t.device.type == "cuda" for t in moved)
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_train_throughput_benchmark_runs_end_to_end(tmp_path, cache_dir, sample_root) -> None:
     out = tmp_path / "throughput.json"

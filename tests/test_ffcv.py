@@ -140,6 +140,7 @@ def sample_ffcv(betons, cache_dir: Path):
 # -- configuration ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_sample_ffcv_keeps_the_sample_sets_values() -> None:
     sample = compose_config(["data=sample"]).data
     ffcv = compose_config(["data=sample_ffcv"]).data
@@ -152,6 +153,7 @@ def test_sample_ffcv_keeps_the_sample_sets_values() -> None:
     assert imagenet_ffcv._target_ == "trainer.data.FFCVDataModule"
 
 
+@pytest.mark.system
 def test_ffcv_missing_is_one_line_saying_what_to_install(tmp_path: Path, cache_dir: Path) -> None:
     shim = tmp_path / "shim"
     shim.mkdir()
@@ -171,6 +173,7 @@ def test_ffcv_missing_is_one_line_saying_what_to_install(tmp_path: Path, cache_d
             assert needed in lines[0], lines[0]
 
 
+@pytest.mark.system
 @needs_ffcv
 def test_missing_files_are_one_line(tmp_path: Path, cache_dir: Path) -> None:
     datamodule = build_datamodule(compose_config(["data=imagenet_ffcv", f"paths.data_dir={tmp_path}"]))
@@ -182,6 +185,7 @@ def test_missing_files_are_one_line(tmp_path: Path, cache_dir: Path) -> None:
 # -- writing and reading back --------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_the_sample_set_round_trips(betons, sample_root: Path) -> None:
     from trainer.data.beton import _read_layout, check_beton, sidecar_path
@@ -200,6 +204,7 @@ def test_the_sample_set_round_trips(betons, sample_root: Path) -> None:
         assert index["source"] == str((sample_root / split).resolve())
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_loaders_count_label_and_shape_like_the_folder_loader(sample_ffcv) -> None:
     sample_root = Path(sample_ffcv.root)
@@ -220,6 +225,7 @@ def test_loaders_count_label_and_shape_like_the_folder_loader(sample_ffcv) -> No
     assert not torch.equal(labels, again)  # a new order every epoch
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_cpu_pipeline_normalises_before_to_tensor(sample_ffcv) -> None:
     from ffcv.transforms import ToTensor, ToTorchImage
@@ -230,6 +236,7 @@ def test_cpu_pipeline_normalises_before_to_tensor(sample_ffcv) -> None:
     assert ops[1:] == [ExactNormalize, ToTensor, ToTorchImage]  # ffcv 1.0.2's planner hangs on the other order
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_val_inputs_are_the_folder_loaders_bit_for_bit(sample_ffcv, cache_dir: Path) -> None:
     """Raw pixels and a crop that needs no resampling (SAMPLE_36): the FFCV validation batches equal the folder
@@ -242,6 +249,7 @@ def test_val_inputs_are_the_folder_loaders_bit_for_bit(sample_ffcv, cache_dir: P
     assert torch.equal(ffcv_images, folder_images)
 
 
+@pytest.mark.integration
 @needs_ffcv
 def test_same_checkpoint_same_top1_with_either_loader(cache_dir: Path, sample_ffcv, tmp_path: Path) -> None:
     """One checkpoint (trained with the folder loader), evaluated by evaluate.py through each loader, comparing
@@ -262,6 +270,7 @@ def test_same_checkpoint_same_top1_with_either_loader(cache_dir: Path, sample_ff
     assert ffcv["per_class_top1"] == folder["per_class_top1"] and ffcv["loss"] == folder["loss"]
 
 
+@pytest.mark.integration
 @needs_ffcv
 @pytest.mark.slow
 def test_training_with_sample_ffcv_learns(cache_dir: Path, betons, tmp_path: Path) -> None:
@@ -279,6 +288,7 @@ def test_training_with_sample_ffcv_learns(cache_dir: Path, betons, tmp_path: Pat
 # -- the loader --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_held_batches_are_not_overwritten(betons) -> None:
     """Lightning fetches the next batch before training on the current one. ffcv 1.0.2 recycles its buffers as if
@@ -315,6 +325,7 @@ def test_held_batches_are_not_overwritten(betons) -> None:
     assert mismatched[FFCVLoader] > 0  # if ffcv fixes this, the workaround in ffcv_ops.Loader can go
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_buffers_are_reused_across_epochs_while_their_shapes_hold(sample_ffcv) -> None:
     """ffcv allocates every buffer afresh each epoch; ours keeps them while the pipeline's shapes hold (the same
@@ -338,6 +349,7 @@ def test_buffers_are_reused_across_epochs_while_their_shapes_hold(sample_ffcv) -
     assert resized.shape[-2:] == (24, 24) and not resized_pointers & first_pointers
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_device_path_on_the_cpu(sample_ffcv) -> None:
     """The CUDA pipeline (ToTensor -> ToDevice -> ToTorchImage -> normalise on the device, uint8 over the bus), run
@@ -372,6 +384,7 @@ def test_device_path_on_the_cpu(sample_ffcv) -> None:
             torch.testing.assert_close(images.float(), exact, atol=0.02, rtol=0.01)
 
 
+@pytest.mark.unit
 @needs_ffcv
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -405,6 +418,7 @@ def _shard(rank: int, world_size: int, port: int, cache_dir: str, out: str) -> N
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.unit
 @needs_ffcv
 @pytest.mark.slow
 def test_distributed_ranks_read_disjoint_shards(cache_dir: Path, betons, tmp_path: Path) -> None:
@@ -432,6 +446,7 @@ def test_distributed_ranks_read_disjoint_shards(cache_dir: Path, betons, tmp_pat
     assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == 719 // 32  # 64 global = 32 per rank
 
 
+@pytest.mark.system
 @needs_ffcv
 @pytest.mark.slow
 def test_ddp_val_top1_equals_single_process_evaluation(cache_dir: Path, sample_root: Path, betons, tmp_path: Path):
@@ -473,6 +488,7 @@ def _ffcv_get_resolution(epoch, min_res, max_res, end_ramp, start_ramp):
     return int(np.round(interp[0] / 32)) * 32
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("epochs,start,end", [(16, 11, 13), (24, 17, 20), (32, 23, 27), (40, 29, 34), (88, 65, 76)])
 def test_progressive_resizing_follows_ffcvs_rule(epochs: int, start: int, end: int) -> None:
     callback = ProgressiveResizing(min_res=160, max_res=192, start_epoch=start, end_epoch=end)
@@ -495,6 +511,7 @@ class RecordResolution(L.Callback):
             RecordResolution.first_labels[trainer.current_epoch] = batch[1].tolist()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("data", ["sample_ffcv", "sample"])
 def test_progressive_resizing_changes_the_training_size_each_epoch(
     data: str, cache_dir: Path, sample_root: Path, tmp_path: Path
@@ -543,6 +560,7 @@ def _photos(n: int = 16, size: int = 24, same: bool = True) -> torch.Tensor:
     return one.expand(n, -1, -1, -1).contiguous() if same else one
 
 
+@pytest.mark.unit
 def test_batch_augment_without_augmentations_is_torchvisions_normalisation() -> None:
     import torchvision.transforms as T
 
@@ -556,6 +574,7 @@ def test_batch_augment_without_augmentations_is_torchvisions_normalisation() -> 
     assert needs_batch_augment({"lighting_std": 0.1}) and needs_batch_augment({"auto_augment": "original"})
 
 
+@pytest.mark.unit
 def test_lighting_is_one_pca_offset_per_image() -> None:
     from trainer.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC
 
@@ -568,6 +587,7 @@ def test_lighting_is_one_pca_offset_per_image() -> None:
     assert alpha.std(0).tolist() == pytest.approx([0.1] * 3, rel=0.06)  # alpha_i ~ N(0, 0.1), per image
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["AutoContrast", "Equalize", "Invert", "Posterize", "Solarize", "SolarizeAdd"])
 def test_autoaugment_ops_match_timms_pil_ops(name: str) -> None:
     from timm.data.auto_augment import _HPARAMS_DEFAULT, LEVEL_TO_ARG, NAME_TO_OP
@@ -582,6 +602,7 @@ def test_autoaugment_ops_match_timms_pil_ops(name: str) -> None:
         assert (got.int() - expected.int()).abs().max() <= (1 if name == "AutoContrast" else 0), name
 
 
+@pytest.mark.unit
 def test_geometric_ops_follow_pils_transform() -> None:
     from timm.data.auto_augment import NAME_TO_OP
 
@@ -603,6 +624,7 @@ def test_geometric_ops_follow_pils_transform() -> None:
         assert difference.mean() < 2, name
 
 
+@pytest.mark.unit
 def test_autoaugment_draws_a_policy_per_sample() -> None:
     random.seed(0)
     images = _photos(64)
@@ -614,6 +636,7 @@ def test_autoaugment_draws_a_policy_per_sample() -> None:
     assert torch.equal(images, _photos(64))  # the input batch is not modified
 
 
+@pytest.mark.unit
 def test_color_jitter_draws_factors_and_order_per_sample() -> None:
     import torchvision.transforms.v2.functional as TF
 
@@ -627,6 +650,7 @@ def test_color_jitter_draws_factors_and_order_per_sample() -> None:
         torch.testing.assert_close(_jitter(kind, x.clone(), torch.full((4,), factor)), fn(x, factor), atol=1e-5, rtol=0)
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_recipes_augmentations_run_after_loading(cache_dir: Path, betons) -> None:
     cfg = compose_config(
@@ -654,6 +678,7 @@ def _gradient_set(root: Path, count: int = 48) -> Path:
     return root
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_scale_jitter_and_squash_random_crops_as_decoders(tmp_path: Path) -> None:
     from ffcv.loader import OrderOption
@@ -731,6 +756,7 @@ def _damage(path: Path, how: str) -> None:
         sidecar_path(path).unlink()
 
 
+@pytest.mark.integration
 @needs_ffcv
 @pytest.mark.parametrize("how", ["truncated", "header", "metadata", "not a beton", "no index"])
 def test_a_damaged_beton_is_one_line_naming_it(how: str, copies, sample_root: Path, tmp_path: Path, capsys) -> None:
@@ -751,6 +777,7 @@ def test_a_damaged_beton_is_one_line_naming_it(how: str, copies, sample_root: Pa
     assert not any("Traceback" in line or "numba" in line for line in err)
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_payload_corruption_is_caught_by_verify(copies, sample_root: Path) -> None:
     from trainer.data.beton import check_beton
@@ -765,6 +792,7 @@ def test_payload_corruption_is_caught_by_verify(copies, sample_root: Path) -> No
     _one_line(exc, val_file, "sha256")
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_a_different_class_mapping_is_one_line(betons, copies, sample_root: Path, tmp_path: Path) -> None:
     from trainer.data.beton import WriteOptions, write_beton
@@ -798,6 +826,7 @@ def corrupt_source(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_undecodable_source_images_are_skipped_counted_and_listed(corrupt_source: Path, tmp_path: Path) -> None:
     from trainer.data.beton import WriteOptions, check_beton, skipped_path, write_beton
@@ -819,6 +848,7 @@ def test_undecodable_source_images_are_skipped_counted_and_listed(corrupt_source
     datamodule.teardown()
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_undecodable_source_image_fails_the_write_when_asked(corrupt_source: Path, tmp_path: Path) -> None:
     from trainer.data.beton import WriteOptions, write_beton
@@ -830,6 +860,7 @@ def test_undecodable_source_image_fails_the_write_when_asked(corrupt_source: Pat
     assert list(out.parent.iterdir()) == []  # nothing left, not even a partial file
 
 
+@pytest.mark.unit
 @needs_ffcv
 def test_out_of_disk_leaves_no_file_that_looks_valid(corrupt_source: Path, tmp_path: Path, monkeypatch) -> None:
     from ffcv.memory_allocator import MemoryAllocator
@@ -853,6 +884,7 @@ def test_out_of_disk_leaves_no_file_that_looks_valid(corrupt_source: Path, tmp_p
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.system
 @needs_ffcv
 @pytest.mark.slow
 def test_write_cli_end_to_end_and_a_real_write_failure(corrupt_source: Path, tmp_path: Path) -> None:
@@ -888,6 +920,7 @@ def test_write_cli_end_to_end_and_a_real_write_failure(corrupt_source: Path, tmp
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.unit
 def test_bad_write_options_name_the_key() -> None:
     from trainer.data.beton import WriteOptions
 
@@ -904,6 +937,7 @@ def test_bad_write_options_name_the_key() -> None:
         WriteOptions.from_mapping({"quality": 90})
 
 
+@pytest.mark.unit
 def test_recipe_uses_progressive_resizing() -> None:
     cfg = compose_config(["recipe=resnet50_ffcv", "model=resnet50"])
     ramp = cfg.callbacks.progressive_resizing
@@ -914,6 +948,7 @@ def test_recipe_uses_progressive_resizing() -> None:
 # -- the loader benchmark ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.system
 @needs_ffcv
 @pytest.mark.slow
 def test_loader_benchmark_runs_end_to_end(tmp_path: Path) -> None:

@@ -302,3 +302,10 @@ def test_darknet19_augmentation_has_rotations_and_hsv_shifts() -> None:
         assert torch.allclose(rotated[:, 8:-8, 8:-8], reference[:, 8:-8, 8:-8], atol=1e-4)
     out = batch(torch.full((8, 3, 64, 64), 128, dtype=torch.uint8))
     assert out.shape == (8, 3, 64, 64) and torch.isfinite(out).all()
+    # the batched pipeline does rotate: with the rotation alone, a horizontal bar comes out tilted (its rows change)
+    rotation_only = BatchAugment({"rotation": 7.0}, resolution=64, mean=(0.0,) * 3, std=(1.0,) * 3)
+    bars = torch.zeros(8, 3, 64, 64, dtype=torch.uint8)
+    bars[:, :, 30:34, 8:56] = 255
+    rotated = rotation_only(bars)
+    assert not torch.allclose(rotated, bars.float() / 255, atol=0.02)
+    assert rotated.sum(dim=(1, 2, 3)).min() > 0  # the bar is still in the frame

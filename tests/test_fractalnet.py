@@ -39,6 +39,7 @@ def _assert_one_line_naming(exc: pytest.ExceptionInfo, text: str) -> None:
 # --- structure ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("num_columns", [1, 2, 3, 4])
 def test_columns_and_block_depth(num_columns: int) -> None:
     block = FractalBlock(4, 4, num_columns, PathChoice())
@@ -48,6 +49,7 @@ def test_columns_and_block_depth(num_columns: int) -> None:
     assert block.schedule[-1] == [(k, 2**k - 1) for k in range(num_columns)]  # all columns meet at the end
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("name", "blocks", "columns", "depth"), [
     ("fractalnet20_cifar", 5, 3, 20),
     ("fractalnet40_cifar", 5, 4, 40),
@@ -70,6 +72,7 @@ def test_layer_counts_are_the_papers(name: str, blocks: int, columns: int, depth
         assert deepest == depth  # the CIFAR depths count convolutions only
 
 
+@pytest.mark.unit
 def test_channels_per_block() -> None:
     cifar = meta_model("fractalnet20_cifar")
     assert [b.columns[0][0].conv.out_channels for b in _blocks(cifar)] == [64, 128, 256, 512, 512]
@@ -99,12 +102,14 @@ def _fractalnet34_macs() -> int:
     return macs + 512 * 1000
 
 
+@pytest.mark.unit
 def test_fractalnet34_params_and_macs_by_hand() -> None:
     model = meta_model("fractalnet34")
     assert sum(p.numel() for p in model.parameters()) == _fractalnet34_params() == get_entry("fractalnet34").params
     assert count_macs(model, 224) == _fractalnet34_macs() == 6_361_223_168
 
 
+@pytest.mark.unit
 def test_cifar_head_pools_after_the_last_block() -> None:
     model = meta_model("fractalnet20_cifar")
     assert isinstance(model.final_pool, nn.MaxPool2d)  # Sec. 4: a 2x2 max-pool after every block, 32 -> 1 px
@@ -115,6 +120,7 @@ def test_cifar_head_pools_after_the_last_block() -> None:
 # --- join and the expansion rule --------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_join_is_the_element_wise_mean() -> None:
     a, b, c = torch.randn(3, 2, 4, 5, 5).unbind(0)
     torch.testing.assert_close(join([a, b, c]), (a + b + c) / 3)
@@ -135,6 +141,7 @@ def _expansion_rule(columns: list[list[nn.Module]], z: torch.Tensor) -> list[tor
     return [*_expansion_rule(second, inner), columns[0][0](z)]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("num_columns", [1, 2, 3, 4])
 def test_block_follows_the_expansion_rule(num_columns: int) -> None:
     torch.manual_seed(0)
@@ -148,6 +155,7 @@ def test_block_follows_the_expansion_rule(num_columns: int) -> None:
 # --- drop-path (Sec. 3.1) ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_local_drop_path_keeps_at_least_one_input() -> None:
     paths = PathChoice(local_drop_rate=0.99, generator=torch.Generator().manual_seed(0))
     block = FractalBlock(2, 2, 3, paths).train()
@@ -158,6 +166,7 @@ def test_local_drop_path_keeps_at_least_one_input() -> None:
         assert all(w == pytest.approx(1 / len(kept)) for w in kept)  # the mean of the kept inputs
 
 
+@pytest.mark.unit
 def test_local_drop_rate_is_respected() -> None:
     paths = PathChoice(local_drop_rate=0.15, generator=torch.Generator().manual_seed(1))
     block = FractalBlock(2, 2, 3, paths).train()
@@ -166,6 +175,7 @@ def test_local_drop_rate_is_respected() -> None:
     assert block.eval().join_weights([1, 2, 3]) is None  # eval mode: the plain mean
 
 
+@pytest.mark.unit
 def test_mixing_ratio_with_a_seeded_generator() -> None:
     """One draw per mini-batch, on the host: global with probability global_drop_ratio, a uniform column."""
     model = _tiny(num_columns=4, global_drop_ratio=0.5, drop_path_rate=0.15).train()
@@ -192,6 +202,7 @@ def test_mixing_ratio_with_a_seeded_generator() -> None:
     assert (model.paths.global_column, model.paths.local_drop_rate) == (None, 0.0)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("column", [1, 2, 3])
 def test_global_drop_path_keeps_one_column_through_the_network(column: int) -> None:
     model = _tiny(global_drop_ratio=1.0, drop_path_rate=0.0).train()
@@ -236,6 +247,7 @@ def _executed_convs(model: nn.Module, x: torch.Tensor) -> int:
     return len(ran)
 
 
+@pytest.mark.unit
 def test_eval_column_runs_only_that_column() -> None:
     model = _tiny(num_columns=4).eval()
     x = torch.randn(1, 3, 8, 8)
@@ -249,6 +261,7 @@ def test_eval_column_runs_only_that_column() -> None:
     assert _executed_convs(model.train(), x) == 2 * 15, "training always runs the whole fractal (drop-path)"
 
 
+@pytest.mark.unit
 def test_eval_column_from_the_constructor_and_features_only() -> None:
     model = create_model("fractalnet34", eval_column=4)
     assert model.eval_column == 4 and all(b.paths.eval_column == 4 for b in _blocks(model))
@@ -257,6 +270,7 @@ def test_eval_column_from_the_constructor_and_features_only() -> None:
     assert {b.paths.eval_column for b in _blocks(features)} == {3}
 
 
+@pytest.mark.unit
 def test_deepest_column_is_a_plain_deep_net() -> None:
     """eval_column=C in eval mode is the chain of the deepest column's convolutions, block after block."""
     model = _tiny(eval_column=3).eval()
@@ -270,6 +284,7 @@ def test_deepest_column_is_a_plain_deep_net() -> None:
 # --- dropout, features, errors ----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_dropout_per_block() -> None:
     model = meta_model("fractalnet20_cifar", drop_rate=0.4)
     assert model.block_drop_rates == pytest.approx((0.0, 0.1, 0.2, 0.3, 0.4))  # Sec. 4
@@ -280,6 +295,7 @@ def test_dropout_per_block() -> None:
     assert model.block_drop_rates == (0.1, 0.0, 0.0, 0.2)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("name", "channels", "reductions", "sizes"), [
     ("fractalnet34", [64, 128, 256, 512], [4, 8, 16, 32], [56, 28, 14, 7]),
     ("fractalnet20_cifar", [64, 128, 256, 512, 512], [1, 2, 4, 8, 16], [32, 16, 8, 4, 2]),
@@ -294,6 +310,7 @@ def test_features_only_one_level_per_block(name: str, channels: list, reductions
     assert any(name == "path_sampler" for name, _ in model.named_children()), "the feature net draws drop-path too"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("kwargs", "text"), [
     (dict(num_columns=0), "num_columns=0"),
     (dict(channels=()), "channels=()"),
@@ -315,6 +332,7 @@ def test_bad_arguments_fail_in_one_line(kwargs: dict, text: str) -> None:
     _assert_one_line_naming(exc, text)
 
 
+@pytest.mark.unit
 def test_eval_column_attribute_is_checked() -> None:
     model = _tiny()
     with pytest.raises(ConfigError) as exc:
@@ -323,6 +341,7 @@ def test_eval_column_attribute_is_checked() -> None:
     assert model.eval_column is None
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", CIFAR_NAMES)
 def test_cifar_metadata(name: str) -> None:
     entry = get_entry(name)
@@ -332,6 +351,7 @@ def test_cifar_metadata(name: str) -> None:
     assert model(torch.empty(2, 1, 32, 32, device="meta")).shape == (2, 100)
 
 
+@pytest.mark.unit
 def test_fractalnet34_metadata() -> None:
     entry = get_entry("fractalnet34")
     assert (entry.resolution, entry.crop_ratio) == (224, 0.875)

@@ -73,6 +73,7 @@ def paper_net() -> nn.Module:
 # --- the paper's network ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_table1_channels_and_output_sizes(paper_net: nn.Module) -> None:
     for name, (cin, _size, _cout, c1, r3, c3, r5, c5, proj, _, _) in TABLE1.items():
         block = paper_net.get_submodule(f"inception{name}")
@@ -101,6 +102,7 @@ def test_table1_channels_and_output_sizes(paper_net: nn.Module) -> None:
         assert shapes[f"inception{name}"] == (cout, size, size), name
 
 
+@pytest.mark.unit
 def test_table1_ops_column_is_the_networks(paper_net: nn.Module) -> None:
     """Each module's multiply-adds, measured, are the hand count from its channels; Table 1's "ops" column agrees
     within 1 M except 5a, whose 1072K / 54M are consistent with each other but not with its channel columns
@@ -115,6 +117,7 @@ def test_table1_ops_column_is_the_networks(paper_net: nn.Module) -> None:
     assert round(CONV2_CONV3 * 56 * 56 / 1e6) == 360
 
 
+@pytest.mark.unit
 def test_params_against_table1(paper_net: nn.Module) -> None:
     """Weights counted by hand from Table 1's channels, plus one bias per output channel, are the model's count.
     The paper's "params" column adds up to 6797.7K ("about 6.8 M"); by hand the same layers hold 6.98 M weights
@@ -139,6 +142,7 @@ def test_params_against_table1(paper_net: nn.Module) -> None:
     assert (get_entry("googlenet").params, get_entry("googlenet").aux_params) == (6_998_552, aux)
 
 
+@pytest.mark.unit
 def test_mult_adds_are_the_papers_1_5_billion(paper_net: nn.Module) -> None:
     """Sec. 5: "1.5 billion multiply-adds at inference time"; Table 1's "ops" column adds up to 1502 M. Ours
     (1.583 G) has Fig. 3's plain 7x7 conv1 (118 M); with Table 1's separable one (34 M) it is 1.499 G."""
@@ -150,6 +154,7 @@ def test_mult_adds_are_the_papers_1_5_billion(paper_net: nn.Module) -> None:
     assert macs == pytest.approx(1.583e9, rel=0.001)
 
 
+@pytest.mark.unit
 def test_naive_inception_costs_854m_and_the_bottleneck_module_271m() -> None:
     """The reference fact (CS231n 2017, Lecture 9, on GoogLeNet's Fig. 2, not the paper itself): at 28x28x256, a
     naive module of 1x1 128, 3x3 192, 5x5 96 and a 3x3 pool costs 854 M multiply-adds. The slide's bottleneck version
@@ -168,6 +173,7 @@ def test_naive_inception_costs_854m_and_the_bottleneck_module_271m() -> None:
     assert round(slide_total / 1e6) == 358
 
 
+@pytest.mark.unit
 def test_stem_is_fig3_with_caffe_lrn(paper_net: nn.Module) -> None:
     names = [n for n, _ in paper_net.named_children()][:7]
     assert names == ["conv1", "maxpool1", "norm1", "conv2", "conv3", "norm2", "maxpool2"]
@@ -180,6 +186,7 @@ def test_stem_is_fig3_with_caffe_lrn(paper_net: nn.Module) -> None:
     torch.testing.assert_close(lrn(x), nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)(x))
 
 
+@pytest.mark.unit
 def test_no_batch_norm_dropout_and_aux_heads_as_sec5(paper_net: nn.Module) -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in paper_net.modules())
     assert all(m.bias is not None for m in paper_net.modules() if isinstance(m, nn.Conv2d))
@@ -199,6 +206,7 @@ def test_no_batch_norm_dropout_and_aux_heads_as_sec5(paper_net: nn.Module) -> No
     assert shapes == {"aux1.pool": (512, 4, 4), "aux2.pool": (528, 4, 4)}
 
 
+@pytest.mark.unit
 def test_caffe_init() -> None:
     torch.manual_seed(0)
     model = create_model("googlenet")
@@ -210,6 +218,7 @@ def test_caffe_init() -> None:
             assert m.weight.abs().max() <= bound and m.weight.abs().max() > 0.9 * bound
 
 
+@pytest.mark.unit
 def test_aux_heads_in_training_only() -> None:
     torch.manual_seed(0)
     model = create_model("googlenet", num_classes=7)
@@ -230,6 +239,7 @@ def test_aux_heads_in_training_only() -> None:
         assert plain.train()(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("name", "channels"), [("googlenet", [64, 192, 480, 832, 1024]), ("googlenet_bn", [64, 192, 480, 832, 1024])]
 )
@@ -243,6 +253,7 @@ def test_feature_pyramid(name: str, channels: list[int]) -> None:
     assert [tuple(m.shape[1:]) for m in maps] == [(c, s, s) for c, s in zip(channels, sizes, strict=True)]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("kwargs", "text"),
     [
@@ -260,6 +271,7 @@ def test_bad_arguments_raise_one_line(kwargs: dict, text: str) -> None:
 # --- torchvision's network ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_googlenet_bn_is_torchvisions() -> None:
     model = meta_model("googlenet_bn")
     with torch.device("meta"):
@@ -294,6 +306,7 @@ def _load(model: nn.Module, reference: nn.Module, path: Path) -> None:
     assert report.loaded == len(model.state_dict())
 
 
+@pytest.mark.unit
 def test_torchvision_weights_give_the_same_network(tmp_path: Path) -> None:
     reference = _torchvision_googlenet(aux_logits=False)
     ours = create_model("googlenet_bn").eval()
@@ -309,6 +322,7 @@ def torchvision_with_aux() -> nn.Module:
     return _torchvision_googlenet(aux_logits=True)
 
 
+@pytest.mark.unit
 def test_torchvision_aux_weights_load_too(torchvision_with_aux: nn.Module, tmp_path: Path) -> None:
     """With aux_logits=True every tensor loads; in training mode (the same dropout draws) the three outputs are
     torchvision's (which returns (logits, aux2, aux1)). 96 px: the aux heads' adaptive pool runs at any size."""
@@ -327,6 +341,7 @@ def test_torchvision_aux_weights_load_too(torchvision_with_aux: nn.Module, tmp_p
         assert (got - want).abs().max().item() <= 1e-5
 
 
+@pytest.mark.unit
 def test_torchvision_checkpoint_with_aux_heads_loads_into_the_default_build(
     torchvision_with_aux: nn.Module, tmp_path: Path
 ) -> None:

@@ -65,6 +65,7 @@ def _run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
     )
 
 
+@pytest.mark.integration
 def test_export_writes_a_timm_folder_with_ema_weights(resnet_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     result = export(resnet_ckpt, out)
@@ -100,6 +101,7 @@ def test_export_writes_a_timm_folder_with_ema_weights(resnet_ckpt: Path, tmp_pat
     assert json.loads((out / "results.json").read_text())["weights"] == "ema"
 
 
+@pytest.mark.system
 def test_timm_loads_a_timm_architecture_without_trainer(resnet_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     export(resnet_ckpt, out)
@@ -116,6 +118,7 @@ def test_timm_loads_a_timm_architecture_without_trainer(resnet_ckpt: Path, tmp_p
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), _reference_logits(resnet_ckpt, x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.system
 def test_own_architecture_loads_through_trainer(alexnet_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "alexnet"
     export(alexnet_ckpt, out)
@@ -129,6 +132,7 @@ def test_own_architecture_loads_through_trainer(alexnet_ckpt: Path, tmp_path: Pa
     assert _run("-c", code, cwd=tmp_path).returncode == 0
 
 
+@pytest.mark.integration
 def test_export_refuses_bad_input(resnet_ckpt: Path, tmp_path: Path) -> None:
     bare = tmp_path / "bare.ckpt"
     checkpoint = torch.load(resnet_ckpt, map_location="cpu", weights_only=True)
@@ -140,6 +144,7 @@ def test_export_refuses_bad_input(resnet_ckpt: Path, tmp_path: Path) -> None:
         export(resnet_ckpt, tmp_path / "exists")
 
 
+@pytest.mark.unit
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "pickled.pt"
     torch.save({"w": torch.zeros(1), "opts": Path("x")}, path)
@@ -147,12 +152,14 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
         read_state_dict(path)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("repo_id", ["name-only", "a/b/c", "/x", "org/", "org/na me"])
 def test_repo_id_must_be_org_slash_name(repo_id: str) -> None:
     with pytest.raises(HubError, match="not of the form <org>/<name>"):
         check_repo_id(repo_id)
 
 
+@pytest.mark.integration
 def test_publish_without_a_token_uploads_nothing(resnet_ckpt: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored `hf auth login` token
@@ -169,6 +176,7 @@ def test_publish_without_a_token_uploads_nothing(resnet_ckpt: Path, tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_publish_dry_run_lists_files_and_never_writes_the_token(resnet_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -188,6 +196,7 @@ def test_publish_dry_run_lists_files_and_never_writes_the_token(resnet_ckpt: Pat
             assert FAKE_TOKEN.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_scripts_fail_with_one_line(resnet_ckpt: Path, tmp_path: Path) -> None:
     bare = tmp_path / "bare.ckpt"
@@ -213,6 +222,7 @@ def _smallest_of_each_family() -> list[str]:
     return sorted(smallest.values())
 
 
+@pytest.mark.unit
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _smallest_of_each_family())
 def test_every_family_exports_and_loads(name: str, tmp_path: Path) -> None:

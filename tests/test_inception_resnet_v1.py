@@ -78,6 +78,7 @@ def _num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.unit
 def test_params_are_the_figures_layers() -> None:
     assert _num_params(meta_model(NAME)) == _paper_params() == get_entry(NAME).params == 22_756_328
     assert _num_params(meta_model(NAME, num_classes=10)) == _paper_params(10)
@@ -85,6 +86,7 @@ def test_params_are_the_figures_layers() -> None:
     assert 384 + 256 + 256 == 896 and 384 + 256 + 256 + 896 == 1792
 
 
+@pytest.mark.unit
 def test_map_sizes_at_299_are_fig_15s() -> None:
     model = meta_model(NAME)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -112,6 +114,7 @@ def test_map_sizes_at_299_are_fig_15s() -> None:
     assert model.num_features == 1792 and logits.shape == (1, 1000)
 
 
+@pytest.mark.unit
 def test_block_counts_kernels_and_head() -> None:
     model = meta_model(NAME)
     assert (len(model.repeat), len(model.repeat_1), len(model.repeat_2)) == (5, 10, 5)
@@ -124,6 +127,7 @@ def test_block_counts_kernels_and_head() -> None:
     assert [b.scale for b in (model.repeat[0], model.repeat_1[0], model.repeat_2[0])] == [0.17, 0.10, 0.20]
 
 
+@pytest.mark.unit
 def test_no_batch_norm_on_the_summations() -> None:
     """Sec. 3.2: BN after every convolution of the branches, none on the residual 1x1 or after the addition."""
     model = meta_model(NAME)
@@ -135,6 +139,7 @@ def test_no_batch_norm_on_the_summations() -> None:
         assert len(norms) == len(convs) - 1  # every branch convolution has BN, the linear 1x1 none
 
 
+@pytest.mark.unit
 def test_residual_block_computes_the_scaled_sum() -> None:
     torch.manual_seed(0)
     model = InceptionResNetV1(residual_scales=(0.3, 0.1, 0.2)).eval()
@@ -146,6 +151,7 @@ def test_residual_block_computes_the_scaled_sum() -> None:
         torch.testing.assert_close(block(x), expected)
 
 
+@pytest.mark.unit
 def test_drop_path_on_the_residual_branches() -> None:
     model = meta_model(NAME, drop_path_rate=0.2)
     modules = drop_path_modules(model)
@@ -157,6 +163,7 @@ def test_drop_path_on_the_residual_branches() -> None:
     assert not drop_path_modules(meta_model(NAME))
 
 
+@pytest.mark.unit
 def test_features_only_pyramid_at_299() -> None:
     with torch.device("meta"):
         model = create_model(NAME, features_only=True)
@@ -168,6 +175,7 @@ def test_features_only_pyramid_at_299() -> None:
     assert max(299 // r - m.shape[-1] for m, r in zip(maps, model.feature_info.reduction(), strict=True)) == 3
 
 
+@pytest.mark.unit
 def test_cost_is_about_inception_v3s() -> None:
     """Sec. 3.1: Inception-ResNet-v1 has "roughly the computational cost of Inception-v3"."""
     ours = count_macs(meta_model(NAME), 299)
@@ -177,6 +185,7 @@ def test_cost_is_about_inception_v3s() -> None:
     assert 0.9 < ratio < 1.2, ratio
 
 
+@pytest.mark.unit
 def test_metadata() -> None:
     entry = get_entry(NAME)
     assert entry.family == get_entry("inception_resnet_v2").family and entry.recipe == "inception_v4"
@@ -185,6 +194,7 @@ def test_metadata() -> None:
     assert timm.models.get_pretrained_cfg(NAME).input_size == (3, 299, 299)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("kwargs", "text"),
     [

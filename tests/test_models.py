@@ -237,12 +237,14 @@ HEAVY_FORWARD = {
 FORWARD_CASES = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_FORWARD else n for n in ALL_MODELS]
 
 
+@pytest.mark.unit
 def test_every_family_runs_forward_in_the_fast_set() -> None:
     assert HEAVY_FORWARD.issubset(ALL_MODELS), "HEAVY_FORWARD names only catalogue entries"
     fast = {get_entry(n).family for n in ALL_MODELS if n not in HEAVY_FORWARD}
     assert fast == {get_entry(n).family for n in ALL_MODELS}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", FORWARD_CASES)
 def test_forward_backward(name: str) -> None:
     """One real training step (forward, cross-entropy, backward, SGD step) at the smallest resolution that runs."""
@@ -355,6 +357,7 @@ def _check_min_resolution(name: str, model: nn.Module) -> None:
         assert not _runs_at(model, smallest - 1), f"{name} runs below its min_resolution {smallest}"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_catalogue_entry(name: str) -> None:
     """Every fact about one entry in one pass over one meta-device build: metadata, data defaults, config option,
@@ -366,11 +369,13 @@ def test_catalogue_entry(name: str) -> None:
     _check_min_resolution(name, model)
 
 
+@pytest.mark.unit
 def test_reference_and_golden_rows_match_the_catalogue() -> None:
     assert set(REFERENCE) == set(ALL_MODELS), "one REFERENCE row (architectures.md) per catalogue entry"
     assert set(GOLDEN) == set(ALL_MODELS), "one tests/golden/complexity.json row per catalogue entry"
 
 
+@pytest.mark.unit
 def test_data_defaults_take_the_paper_over_timm() -> None:
     defaults = data_defaults("resnet18")
     assert timm.models.get_pretrained_cfg("resnet18").crop_pct == 0.95  # timm's own weights' eval crop
@@ -383,11 +388,13 @@ def test_data_defaults_take_the_paper_over_timm() -> None:
 # --- the catalogue ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_mission_families_are_catalogued() -> None:
     families = {get_entry(name).family for name in ALL_MODELS}
     assert families >= MISSION_FAMILIES_IN_SCOPE, f"not catalogued: {MISSION_FAMILIES_IN_SCOPE - families}"
 
 
+@pytest.mark.unit
 def test_list_models_pattern() -> None:
     resnets = list_models("resnet*")
     assert set(resnets) >= {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
@@ -397,6 +404,7 @@ def test_list_models_pattern() -> None:
     assert list_models("no-such-family*") == []
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("lookup", [get_entry, create_model])
 def test_unknown_name_lists_close_matches(lookup) -> None:
     with pytest.raises(ConfigError) as exc:
@@ -405,6 +413,7 @@ def test_unknown_name_lists_close_matches(lookup) -> None:
     assert "resnet19" in str(exc.value)
 
 
+@pytest.mark.unit
 def test_any_timm_model_through_the_prefix() -> None:
     model = create_model("timm/resnet10t", num_classes=10)
     with torch.no_grad():
@@ -423,6 +432,7 @@ def restore_catalogue():
     catalogue._CATALOGUE.update(saved)
 
 
+@pytest.mark.unit
 @pytest.mark.usefixtures("restore_catalogue")
 def test_register_refuses_duplicates_and_bad_names() -> None:
     before = {name: get_entry(name) for name in list_models()}
@@ -454,6 +464,7 @@ def alexnet() -> nn.Module:
     return create_model("alexnet", num_classes=1000).eval()
 
 
+@pytest.mark.unit
 def test_alexnet_params_are_the_papers() -> None:
     # The paper's count, not torchvision's 61.10 M: they are within 0.5% only by coincidence (REFERENCE's `differs`).
     assert _num_params(_meta_model("alexnet")) == _alexnet_params(groups=2) == 60_965_224, REFERENCE["alexnet"].differs
@@ -462,6 +473,7 @@ def test_alexnet_params_are_the_papers() -> None:
     assert torchvision_count / 1e6 == pytest.approx(REFERENCE["alexnet"].params_m, abs=0.005)
 
 
+@pytest.mark.unit
 def test_alexnet_in_timm() -> None:
     assert "alexnet" in timm.list_models("alexnet")
     with torch.device("meta"):
@@ -470,6 +482,7 @@ def test_alexnet_in_timm() -> None:
     assert model.pretrained_cfg["crop_pct"] == 0.875
 
 
+@pytest.mark.unit
 def test_alexnet_maps_at_224(alexnet: nn.Module) -> None:
     shapes = {}
     hooks = [
@@ -501,6 +514,7 @@ def _lrn_by_the_paper(a: torch.Tensor, n: int, k: float, alpha: float, beta: flo
     return b
 
 
+@pytest.mark.unit
 def test_local_response_norm_is_the_papers_formula() -> None:
     torch.manual_seed(0)
     a = 30 * torch.randn(2, 7, 3, 3, dtype=torch.float64)  # large enough that the alpha term matters
@@ -510,6 +524,7 @@ def test_local_response_norm_is_the_papers_formula() -> None:
     assert not torch.allclose(ours, caffe, rtol=1e-3)
 
 
+@pytest.mark.unit
 def test_alexnet_layers_and_init(alexnet: nn.Module) -> None:
     lrns = [m for m in alexnet.modules() if isinstance(m, LocalResponseNorm)]
     assert [alexnet.stem.norm, alexnet.stages[0].norm] == lrns  # after the ReLUs of conv1 and conv2
@@ -541,6 +556,7 @@ def test_alexnet_layers_and_init(alexnet: nn.Module) -> None:
     assert all(m.p == 0.5 for m in dropouts)
 
 
+@pytest.mark.unit
 def test_alexnet_head() -> None:
     model = create_model("alexnet", num_classes=10).eval()
     x = torch.randn(2, 3, _small_resolution("alexnet"), _small_resolution("alexnet"))
@@ -554,6 +570,7 @@ def test_alexnet_head() -> None:
 # --- init_from: load_weights / read_state_dict ------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("name", "resolution"), [("resnet18", 224), ("resnet50", 64)])
 def test_torchvision_weights_give_the_same_network(name: str, resolution: int, tmp_path: Path) -> None:
     torch.manual_seed(0)
@@ -582,6 +599,7 @@ def _assert_loaded(model: nn.Module, state: dict[str, torch.Tensor], but: str | 
             torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.unit
 def test_lightning_checkpoint_loads_without_prefix(resnet18_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
     torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in resnet18_state.items()}}, path)
@@ -592,6 +610,7 @@ def test_lightning_checkpoint_loads_without_prefix(resnet18_state: dict[str, tor
     _assert_loaded(model, resnet18_state)
 
 
+@pytest.mark.unit
 def test_safetensors_file_loads(resnet18_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
     safetensors_torch = pytest.importorskip("safetensors.torch")
     path = tmp_path / "weights.safetensors"
@@ -602,6 +621,7 @@ def test_safetensors_file_loads(resnet18_state: dict[str, torch.Tensor], tmp_pat
     _assert_loaded(model, resnet18_state)
 
 
+@pytest.mark.unit
 def test_other_classifier_size_keeps_the_models_head(resnet18_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
     path = tmp_path / "imagenet.pth"
     torch.save(resnet18_state, path)
@@ -617,6 +637,7 @@ def test_other_classifier_size_keeps_the_models_head(resnet18_state: dict[str, t
     assert "\n" not in summary and "fc.weight" in summary and str(path) in summary
 
 
+@pytest.mark.unit
 def test_unreadable_files_raise_checkpoint_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pth"
     with pytest.raises(CheckpointError) as exc:
@@ -654,6 +675,7 @@ def _runs_at(model: nn.Module, resolution: int) -> bool:
 # --- families catalogued from timm: the paper's facts ------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_vgg_conv_head_has_torchvisions_weights() -> None:
     """timm's FC6/FC7 are 7x7/1x1 convolutions (ConvMlp): the same weight count as torchvision's linear layers."""
     for name in ("vgg16", "vgg19", "vgg16_bn"):
@@ -662,12 +684,14 @@ def test_vgg_conv_head_has_torchvisions_weights() -> None:
         assert get_entry(name).params == _num_params(reference), name
 
 
+@pytest.mark.unit
 def test_inception_v3_aux_head_is_optional() -> None:
     """entry.params is the default build without the aux head; with it the count is torchvision's 27.16 M."""
     assert get_entry("inception_v3").params == _num_params(_meta_model("inception_v3")) == 23_834_568
     assert _num_params(_meta_model("inception_v3", aux_logits=True)) == 27_161_264
 
 
+@pytest.mark.unit
 def test_mobilenet_v1_mult_adds_are_the_papers() -> None:
     """Tables 6 and 7 of the paper (millions of mult-adds at each width / resolution) within 1%, and Table 6's
     parameter counts (millions, given to one decimal)."""
@@ -680,6 +704,7 @@ def test_mobilenet_v1_mult_adds_are_the_papers() -> None:
         assert get_entry(f"mobilenet_v1_{width}_224").params / 1e6 == pytest.approx(params_m, abs=0.05), width
 
 
+@pytest.mark.unit
 def test_densenet264_is_the_papers() -> None:
     """k=32, blocks (6, 12, 64, 48), the plain 7x7 stem (timm's densenet264d has a deep stem and k=48)."""
     model = _meta_model("densenet264")
@@ -691,6 +716,7 @@ def test_densenet264_is_the_papers() -> None:
     assert model.num_features == 2688
 
 
+@pytest.mark.unit
 def test_catalogue_table_lists_measured_counts(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
@@ -703,6 +729,7 @@ def test_catalogue_table_lists_measured_counts(
     assert "11.69" in out and "1.81" in out  # ResNet-18: params (M) and GMACs, measured on the meta device
 
 
+@pytest.mark.system
 def test_own_networks_build_through_timm_after_import_trainer() -> None:
     """A fresh interpreter: `import trainer` alone registers every network written here in timm's registry."""
     import subprocess

@@ -32,6 +32,7 @@ def _aux_head_params(num_classes: int = 1000) -> int:
     return 12 * F * 128 + 2 * 128 + 128 * 768 * 4 * 4 + 2 * 768 + 768 * num_classes + num_classes
 
 
+@pytest.mark.unit
 def test_mobile_params_and_mult_adds_are_the_papers() -> None:
     """Table 2: 5.3 M parameters (given to 0.1 M: within 0.05 M) and 564 M mult-adds (given to 1 M; within 1.5 M,
     as the paper does not say whether it counts the 1.06 M of the classifier) for the network without its auxiliary
@@ -60,6 +61,7 @@ def _output_shapes(model: nn.Module, resolution: int) -> dict[str, tuple[int, ..
     return shapes
 
 
+@pytest.mark.unit
 def test_mobile_layout_at_224() -> None:
     """TF-slim's mobile config: 32-filter 3x3/2 stem conv (unpadded: 111 px), stem cells of F/4 and F/2 filters,
     three stacks of N=4 normal cells (6 blocks concatenated) with F, 2F, 4F filters, reduction cells (4 blocks)
@@ -85,6 +87,7 @@ def test_mobile_layout_at_224() -> None:
     assert model.num_features == 1056 and model.get_classifier().in_features == 1056
 
 
+@pytest.mark.unit
 def test_cells_are_figure_4() -> None:
     """Fig. 4: the normal cell's blocks are sep3+sep5, sep3+sep5, avg+identity, avg+avg, sep3+identity; the
     reduction cell's sep7+sep5, max+sep7, avg+sep5, identity+avg, max+sep3 (each block in either order)."""
@@ -111,6 +114,7 @@ def test_cells_are_figure_4() -> None:
     assert red.comb_iter_4_left.separable_1.depthwise_conv2d.stride == (1, 1)  # reads block 0's output
 
 
+@pytest.mark.unit
 def test_cells_are_timms_nasnet_a_large_cells() -> None:
     """Assembled as NASNet-A Large (6 @ P, stem 96 or 8 here, skipping the reduction cell's input), the network has
     timm's parameter count, and (at a small width, for speed) timm's weights load without a missing or unexpected
@@ -151,6 +155,7 @@ def _inputs_of(model: nn.Module, name: str, resolution: int = 96) -> tuple[torch
     return inputs[0][0], inputs[0][1], outputs
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("skip", "expected_prev"), [(False, "cell_3"), (True, "cell_2")])
 def test_cell_after_a_reduction_cell(skip: bool, expected_prev: str) -> None:
     """TF-slim's skip_reduction_layer_input: Mobile (0) gives the cell after reduction_cell_0 the last normal cell as
@@ -169,6 +174,7 @@ def mobile() -> nn.Module:
     return create_model("nasnet_a_mobile", num_classes=10)
 
 
+@pytest.mark.unit
 def test_auxiliary_head(mobile: nn.Module) -> None:
     """TF-slim's head on the ReLU of cell 7 (the second stack's last normal cell, 14x14 at 224 px): 5x5/3 average
     pool to 4x4, 1x1 conv 128, BN, ReLU, a 4x4 conv to 768 (the remaining map), BN, ReLU, FC."""
@@ -195,6 +201,7 @@ def test_auxiliary_head(mobile: nn.Module) -> None:
     assert isinstance(without.train()(torch.empty(2, 3, 224, 224, device="meta")), torch.Tensor)
 
 
+@pytest.mark.unit
 def test_reset_classifier_resets_both_heads() -> None:
     with torch.device("meta"):
         model = NASNetA(num_classes=1000)
@@ -205,6 +212,7 @@ def test_reset_classifier_resets_both_heads() -> None:
     assert isinstance(out, torch.Tensor) and out.shape == (2, 1056)
 
 
+@pytest.mark.unit
 def test_drop_path_on_every_operation_but_the_identity() -> None:
     """None by default (the mobile config's keep prob is 1); with a rate, one DropPath per cell (16, the stem cells
     included) at TF-slim's layer-scaled rate * (l + 1) / 16, applied to the 8 non-identity operations of a cell."""
@@ -224,6 +232,7 @@ def test_drop_path_on_every_operation_but_the_identity() -> None:
     assert calls.count(1) == 8 and calls.count(2) == 9  # normal: 2 identities of 10; reduction: 1
 
 
+@pytest.mark.unit
 def test_features_only_pyramid() -> None:
     with torch.device("meta"):
         model = create_model("nasnet_a_mobile", features_only=True)
@@ -234,6 +243,7 @@ def test_features_only_pyramid() -> None:
     assert shapes == [(32, 111, 111), (44, 56, 56), (264, 28, 28), (528, 14, 14), (1056, 7, 7)]
 
 
+@pytest.mark.unit
 def test_init_is_tf_slims_fan_out_scaling(mobile: nn.Module) -> None:
     """variance_scaling_initializer(mode='FAN_OUT'): std sqrt(2 / fan_out); a depthwise conv's fan-out is its
     kernel area (one output per input channel)."""
@@ -243,6 +253,7 @@ def test_init_is_tf_slims_fan_out_scaling(mobile: nn.Module) -> None:
     assert depthwise.std().item() == pytest.approx(math.sqrt(2 / 25), rel=0.05)
 
 
+@pytest.mark.unit
 def test_cadene_port_cell_numbers_load(tmp_path: Path) -> None:
     """The Cadene port numbers NASNet-A Mobile's cells 0-3, 6-9, 12-15: its checkpoints load into cells 0-11."""
     torch.manual_seed(0)
@@ -262,6 +273,7 @@ def test_cadene_port_cell_numbers_load(tmp_path: Path) -> None:
         assert torch.equal(value, state[key]), key
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("kwargs", "text"),
     [

@@ -62,20 +62,12 @@ def _min_resolution(name: str) -> int:
     return max(32, get_entry(name).min_resolution)
 
 
-def _family_cases() -> list[Any]:
-    cases = []
-    for recipe in RECIPES:
-        families = set(_info(recipe).families)
-        for name in list_models():
-            if get_entry(name).family not in families:
-                continue
-            marks = []
-            if (recipe, name) in KNOWN_GAPS:
-                marks.append(pytest.mark.xfail(reason=KNOWN_GAPS[recipe, name], raises=ConfigError, strict=True))
-            cases.append(pytest.param(recipe, name, id=f"{recipe}-{name}", marks=marks))
-    return cases
+def _family_models(recipe: str) -> list[str]:
+    families = set(_info(recipe).families)
+    return [name for name in list_models() if get_entry(name).family in families]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_info_is_complete(recipe: str) -> None:
     info = _info(recipe)
@@ -103,34 +95,37 @@ def test_recipe_info_is_complete(recipe: str) -> None:
                 assert info[key] == pytest.approx(getattr(entry, key)), key
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_every_catalogue_model_names_a_recipe_written_for_its_family(name: str) -> None:
-    entry = get_entry(name)
-    assert entry.recipe in RECIPES, f"no recipes/{entry.recipe}.yaml"
-    assert entry.family in _info(entry.recipe).families
+@pytest.mark.unit
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_builds_with_every_model_of_its_families(recipe: str, tiny_cfg) -> None:
+    """For every catalogue model of the recipe's families: compose, build the model (meta device: no weights), check
+    the recipe against it and instantiate optimizer and scheduler as train() would. The train transform and the
+    trainer (callbacks included) do not depend on the model: built once, with the recipe's own model."""
+    names = _family_models(recipe)
+    assert _info(recipe).model in names
+    for name in names:
+        overrides = DOCUMENTED_OVERRIDES.get((recipe, name), [])
+        cfg = tiny_cfg(f"recipe={recipe}", f"model={name}", f"data.resolution={_min_resolution(name)}", *overrides)
+        if (recipe, name) in KNOWN_GAPS:
+            with pytest.raises(ConfigError), torch.device("meta"):
+                check_recipe(cfg, build_model(cfg, num_classes=10))
+            continue
+        with torch.device("meta"):
+            model = build_model(cfg, num_classes=10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # a model of the recipe's own family: no cross-family warning
+            check_recipe(cfg, model)
+        optimizer = instantiate(cfg.optim, global_batch_size=cfg.data.batch_size)(model)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(effective_lr(cfg)), name
+        epochs = _recipe(recipe).trainer.max_epochs
+        scheduler = instantiate(cfg.sched)(optimizer, num_epochs=epochs, updates_per_epoch=10)
+        assert scheduler.optimizer is optimizer, name
+        if name == _info(recipe).model:
+            assert build_datamodule(cfg).train_transform().transforms
+            assert build_trainer(cfg).max_epochs == cfg.trainer.max_epochs
 
 
-@pytest.mark.parametrize(("recipe", "name"), _family_cases())
-def test_recipe_builds_with_every_model_of_its_families(recipe: str, name: str, tiny_cfg) -> None:
-    """Compose, build the model (meta device: no weights), check the recipe against it, and instantiate optimizer,
-    scheduler, train transform and trainer (callbacks included) as train() would."""
-    overrides = DOCUMENTED_OVERRIDES.get((recipe, name), [])
-    cfg = tiny_cfg(f"recipe={recipe}", f"model={name}", f"data.resolution={_min_resolution(name)}", *overrides)
-    with torch.device("meta"):
-        model = build_model(cfg, num_classes=10)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # a model of the recipe's own family: no cross-family warning
-        check_recipe(cfg, model)
-    optimizer = instantiate(cfg.optim, global_batch_size=cfg.data.batch_size)(model)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(effective_lr(cfg))
-    scheduler = instantiate(cfg.sched)(optimizer, num_epochs=_recipe(recipe).trainer.max_epochs, updates_per_epoch=10)
-    assert scheduler.optimizer is optimizer
-    transform = build_datamodule(cfg).train_transform()
-    assert transform.transforms
-    trainer = build_trainer(cfg)
-    assert trainer.max_epochs == cfg.trainer.max_epochs
-
-
+@pytest.mark.unit
 def test_a_recipe_given_a_model_of_another_family_warns(tiny_cfg, caplog) -> None:
     cfg = tiny_cfg("recipe=vgg", "model=resnet18")
     with torch.device("meta"):
@@ -140,6 +135,7 @@ def test_a_recipe_given_a_model_of_another_family_warns(tiny_cfg, caplog) -> Non
     assert "recipe 'vgg' was written for the vgg family; model 'resnet18' is resnet" in caplog.text
 
 
+@pytest.mark.unit
 def test_a_recipe_needing_aux_heads_fails_on_a_model_without_them(tiny_cfg) -> None:
     # a model that has no auxiliary head: the recipe's aux loss cannot apply
     cfg = tiny_cfg("recipe=inception_v3", "model=bn_inception", "~model.kwargs.aux_logits")
@@ -162,6 +158,7 @@ def test_a_recipe_needing_aux_heads_fails_on_a_model_without_them(tiny_cfg) -> N
     assert "bn_inception" in str(error.value) and "aux_logits" in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.unit
 def test_a_recipe_needing_drop_path_fails_on_a_model_without_it(tiny_cfg) -> None:
     cfg = tiny_cfg("recipe=efficientnet", "model=efficientnet_b0", "model.drop_path_rate=0")
     with torch.device("meta"):
@@ -170,6 +167,7 @@ def test_a_recipe_needing_drop_path_fails_on_a_model_without_it(tiny_cfg) -> Non
         check_recipe(cfg, model)
 
 
+@pytest.mark.unit
 def test_plateau_is_the_adaptive_form_of_a_recipe(tiny_cfg) -> None:
     cfg = tiny_cfg("recipe=alexnet", "sched=plateau")
     assert (cfg.sched.sched, cfg.sched.interval, cfg.optim.lr) == ("plateau", "epoch", 0.01)
@@ -212,12 +210,14 @@ SMOKE_MODELS = {
 SMOKE_RESOLUTION = {"inception_v3": 299}  # its auxiliary head needs 17x17 maps (299 px) in training
 
 
+@pytest.mark.unit
 def test_every_recipe_has_a_smoke_model() -> None:
     assert set(SMOKE_MODELS) == set(RECIPES)
     for recipe, name in SMOKE_MODELS.items():
         assert get_entry(name).family in _info(recipe).families, recipe
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "recipe",
@@ -259,6 +259,7 @@ def _recipes_script() -> Any:
     return module
 
 
+@pytest.mark.unit
 def test_recipes_script_lists_the_recipes(capsys) -> None:
     script = _recipes_script()
     script.main(["resnet*"])
@@ -273,6 +274,7 @@ def test_recipes_script_lists_the_recipes(capsys) -> None:
     assert "0.256 @ 256" in lines["resnet50_nvidia"] and "3.052e-5" in lines["resnet50_nvidia"]  # 1/32768
 
 
+@pytest.mark.unit
 def test_recipes_script_describes_schedules_and_regularisation() -> None:
     script = _recipes_script()
     inception = script.row("inception_v3")

@@ -57,6 +57,7 @@ def _assert_binomial(count: float, n: int, p: float) -> None:
     assert abs(count - n * p) < 4 * math.sqrt(n * p * (1 - p)), (count, n, p)
 
 
+@pytest.mark.unit
 def test_batch_mode_keeps_or_drops_the_branch_for_the_whole_batch_without_rescaling() -> None:
     torch.manual_seed(0)
     block, x, draws = _Residual(BatchDropPath(survival_prob=0.7)).train(), torch.randn(16, 4), 400
@@ -66,6 +67,7 @@ def test_batch_mode_keeps_or_drops_the_branch_for_the_whole_batch_without_rescal
     _assert_binomial(per_draw.sum().item(), draws, 0.7)
 
 
+@pytest.mark.unit
 def test_row_mode_drops_per_sample() -> None:
     torch.manual_seed(0)
     block, x, draws = _Residual(DropPath(0.3)).train(), torch.randn(16, 4), 200
@@ -79,6 +81,7 @@ def test_row_mode_drops_per_sample() -> None:
     _assert_binomial(kept.sum().item(), draws * 16, 0.7)
 
 
+@pytest.mark.unit
 def test_batch_mode_in_eval_scales_the_branch_by_its_survival_prob() -> None:
     torch.manual_seed(0)
     block, x = _Residual(BatchDropPath(survival_prob=0.6)).eval(), torch.randn(5, 4)
@@ -87,6 +90,7 @@ def test_batch_mode_in_eval_scales_the_branch_by_its_survival_prob() -> None:
     assert torch.allclose(block(x), block(x))  # deterministic
 
 
+@pytest.mark.unit
 def test_linear_decay_matches_the_closed_form() -> None:
     for num_blocks, final in ((54, 0.5), (8, 0.8), (1, 0.5)):
         expected = [1 - (block / num_blocks) * (1 - final) for block in range(1, num_blocks + 1)]
@@ -100,6 +104,7 @@ def _resnet18_with_drop_path(**kwargs) -> nn.Module:
     return create_model("resnet18", num_classes=10, drop_path_rate=0.5, **kwargs)
 
 
+@pytest.mark.unit
 def test_swapping_a_catalogue_model_replaces_every_drop_path_and_keeps_rates_then_trains() -> None:
     torch.manual_seed(0)
     model = _resnet18_with_drop_path()
@@ -130,6 +135,7 @@ def test_swapping_a_catalogue_model_replaces_every_drop_path_and_keeps_rates_the
     assert all(type(m) is DropPath for m in drop_path_modules(model)) and len(drop_path_modules(model)) == 7
 
 
+@pytest.mark.unit
 def test_set_drop_path_rate_follows_the_linear_rule_on_both_kinds() -> None:
     for mode in ("row", "batch"):
         model = set_drop_path_mode(_resnet18_with_drop_path(), mode)
@@ -142,6 +148,7 @@ def _trainer_at(step: int, total: int) -> SimpleNamespace:
     return SimpleNamespace(global_step=step, estimated_stepping_batches=total)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("mode", ["row", "batch"])
 def test_scheduled_drop_path_rises_linearly_with_progress(mode: str) -> None:
     model = set_drop_path_mode(_resnet18_with_drop_path(), mode)
@@ -163,6 +170,7 @@ def test_scheduled_drop_path_rises_linearly_with_progress(mode: str) -> None:
         assert drop_path_modules(model)[0].drop_prob == pytest.approx(0.3 * progress / 7)
 
 
+@pytest.mark.unit
 def test_scheduled_drop_path_needs_drop_path_modules() -> None:
     with pytest.raises(ConfigError, match="drop_path_rate"):
         ScheduledDropPath().on_fit_start(_trainer_at(0, 10), create_model("resnet18", num_classes=10))
@@ -170,6 +178,7 @@ def test_scheduled_drop_path_needs_drop_path_modules() -> None:
         ScheduledDropPath(final_rate=2.0)
 
 
+@pytest.mark.unit
 def test_drop_path_mode_from_the_config(tiny_cfg) -> None:
     model = build_model(tiny_cfg("model.drop_path_rate=0.5", "model.drop_path_mode=batch"), num_classes=10)
     # all 8 blocks, the first included (timm builds none there; the paper's rule drops it too)
@@ -179,6 +188,7 @@ def test_drop_path_mode_from_the_config(tiny_cfg) -> None:
     assert drop_path_modules(model)[-1].drop_prob == pytest.approx(0.5)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("overrides", "names"),
     [
@@ -192,6 +202,7 @@ def test_bad_drop_path_mode_is_one_line(tiny_cfg, overrides: list[str], names: l
     _assert_one_line_naming(exc, *names)
 
 
+@pytest.mark.integration
 def test_scheduled_drop_path_option_trains(tiny_cfg) -> None:
     cfg = tiny_cfg(
         "callbacks=scheduled_drop_path", "model.drop_path_rate=0.4", "model.drop_path_mode=batch", "data.batch_size=8"
@@ -212,6 +223,7 @@ def test_scheduled_drop_path_option_trains(tiny_cfg) -> None:
 # Auxiliary heads: timm's Inception v3 with aux_logits=True
 
 
+@pytest.mark.unit
 def test_inception_v3_aux_head_in_training_only_and_weighted_loss(tiny_cfg) -> None:
     torch.manual_seed(0)
     cfg = tiny_cfg("model=timm/inception_v3", "+model.kwargs.aux_logits=true", "loss.aux_weights=[0.4]")
@@ -242,6 +254,7 @@ def _assert_one_line_naming(exc: pytest.ExceptionInfo, *names: str) -> None:
         assert name in message, (name, message)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("name", "kwargs", "named"),
     [
@@ -257,6 +270,7 @@ def test_unknown_kwarg_names_the_accepted_ones(name: str, kwargs: dict, named: l
     _assert_one_line_naming(exc, *named)
 
 
+@pytest.mark.unit
 def test_accepted_kwargs_still_build() -> None:
     assert create_model("timm/regnetx_002", num_classes=10, wa=30.0).num_classes == 10  # a cfg field via **kwargs
     assert create_model("alexnet", num_classes=10, groups=1, drop_rate=0.0).num_classes == 10
@@ -264,12 +278,14 @@ def test_accepted_kwargs_still_build() -> None:
     assert len(features(torch.randn(1, 3, 32, 32))) == 2
 
 
+@pytest.mark.unit
 def test_unknown_kwarg_from_the_config_is_one_line(tiny_cfg) -> None:
     with pytest.raises(ConfigError) as exc:
         build_model(tiny_cfg("+model.kwargs.bogus=1"), num_classes=10)
     _assert_one_line_naming(exc, "resnet18", "bogus", "accepts")
 
 
+@pytest.mark.unit
 def test_resolution_below_the_minimum_fails_before_training(tiny_cfg) -> None:
     cfg = tiny_cfg("model=alexnet", "data.resolution=32")
     build_datamodule(cfg)
@@ -278,6 +294,7 @@ def test_resolution_below_the_minimum_fails_before_training(tiny_cfg) -> None:
     _assert_one_line_naming(exc, "alexnet", "63", "32")
 
 
+@pytest.mark.unit
 def test_resolution_below_the_minimum_fails_at_the_first_forward() -> None:
     model = create_model("alexnet", num_classes=10).eval()
     with torch.no_grad():

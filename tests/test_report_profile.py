@@ -29,6 +29,7 @@ profile = _script("profile")
 report = _script("report")
 
 
+@pytest.mark.unit
 def test_vgg16_forward_activations_follow_the_slides_table() -> None:
     """CS231n's VGG-16 table: input, conv and pool outputs (ReLUs in place, fc6/fc7 as timm's 7x7/1x1 convs)."""
     rows = profile.layer_table(meta_model("vgg16"), 224)
@@ -45,6 +46,7 @@ def test_vgg16_forward_activations_follow_the_slides_table() -> None:
     )  # ReLUs not in place: 28.8 M
 
 
+@pytest.mark.unit
 @pytest.mark.slow
 def test_profile_writes_json_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "profile"
@@ -72,6 +74,7 @@ def test_profile_writes_json_and_plots(tmp_path: Path) -> None:
             assert png.format == "PNG" and png.size[0] >= 500 and png.size[1] >= 400
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_report_tabulates_two_runs_beside_the_paper(trained_run, cache_dir: Path, tmp_path: Path) -> None:
     for name in ("a", "b"):  # two runs: copies of the session's `trained_run` (2 epochs)

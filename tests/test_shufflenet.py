@@ -55,6 +55,7 @@ def _map_sizes(model: nn.Module, modules: dict[str, nn.Module], resolution: int 
 # --- channel shuffle ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("channels", "groups"), [(12, 3), (16, 8), (10, 2), (6, 6)])
 def test_channel_shuffle_is_the_papers_permutation(channels: int, groups: int) -> None:
     x = torch.randn(2, channels, 3, 4)
@@ -65,6 +66,7 @@ def test_channel_shuffle_is_the_papers_permutation(channels: int, groups: int) -
     torch.testing.assert_close(ChannelShuffle(channels // groups)(out), x, rtol=0, atol=0)
 
 
+@pytest.mark.unit
 def test_channel_shuffle_mixes_every_group() -> None:
     """Fig. 1(c): after the shuffle, each of the next layer's g groups holds channels from every input group."""
     groups, n = 3, 6
@@ -75,6 +77,7 @@ def test_channel_shuffle_mixes_every_group() -> None:
     assert set(group_of.flatten()[:n].long().tolist()) == {0}  # before it, one group each
 
 
+@pytest.mark.unit
 def test_channel_shuffle_with_one_group_is_the_identity() -> None:
     x = torch.randn(2, 5, 3, 3)
     assert ChannelShuffle(1)(x) is x
@@ -87,6 +90,7 @@ def test_channel_shuffle_with_one_group_is_the_identity() -> None:
 TABLE_1 = {1: (144, 288, 576), 2: (200, 400, 800), 3: (240, 480, 960), 4: (272, 544, 1088), 8: (384, 768, 1536)}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("groups", sorted(TABLE_1))
 def test_v1_is_table_1(groups: int) -> None:
     with torch.device("meta"):
@@ -128,6 +132,7 @@ def _unit_by_the_paper(unit: ShuffleUnit, x: torch.Tensor, groups: int) -> torch
     return torch.relu(torch.cat([shortcut, out], dim=1))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stride", [1, 2])
 def test_v1_unit_is_figure_2(stride: int) -> None:
     torch.manual_seed(0)
@@ -154,6 +159,7 @@ TABLE_2_MACS = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("groups", "scale"), sorted(TABLE_2_MACS))
 def test_v1_mult_adds_are_the_papers(groups: int, scale: float) -> None:
     with torch.device("meta"):
@@ -162,6 +168,7 @@ def test_v1_mult_adds_are_the_papers(groups: int, scale: float) -> None:
     assert count_macs(model, 224) / 1e6 == pytest.approx(TABLE_2_MACS[(groups, scale)], rel=tolerance)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(V1_PAPER))
 def test_v1_catalogue_entries_match_the_paper(name: str) -> None:
     """Every registered width at the paper's mult-adds (Tables 1, 2 and 5) within 2.5%."""
@@ -182,6 +189,7 @@ AUTHORS_V1 = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("groups", "scale"), sorted(AUTHORS_V1))
 def test_v1_matches_the_authors_code(groups: int, scale: float) -> None:
     params_m, mflops = AUTHORS_V1[(groups, scale)]
@@ -191,6 +199,7 @@ def test_v1_matches_the_authors_code(groups: int, scale: float) -> None:
     assert count_macs(model, 224) / 1e6 == pytest.approx(mflops, abs=1.0)  # the README's whole MFLOPs
 
 
+@pytest.mark.unit
 def test_v1_scaled_channels_divide_into_groups() -> None:
     for groups in TABLE_1:
         for scale in (0.25, 0.5, 0.75, 1.5, 2.0):
@@ -203,6 +212,7 @@ def test_v1_scaled_channels_divide_into_groups() -> None:
     assert meta_model("shufflenet_v1_g3_0_5").stem.conv.out_channels == 12  # the authors' 0.5x conv1
 
 
+@pytest.mark.unit
 def test_v1_bad_groups_and_widths_raise_one_line() -> None:
     with pytest.raises(ConfigError) as exc:
         create_model("shufflenet_v1_g3_1_0", groups=5)
@@ -215,6 +225,7 @@ def test_v1_bad_groups_and_widths_raise_one_line() -> None:
     _one_line(exc, "width_mult=-1.0")
 
 
+@pytest.mark.unit
 def test_v1_head() -> None:
     torch.manual_seed(0)
     model = create_model("shufflenet_v1_g3_0_25", num_classes=10).eval()
@@ -237,6 +248,7 @@ TABLE_5 = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(TABLE_5))
 def test_v2_is_table_5(name: str) -> None:
     (c2, c3, c4), c5, mflops = TABLE_5[name]
@@ -258,6 +270,7 @@ def test_v2_is_table_5(name: str) -> None:
     assert model.head_drop.p == (0.2 if name == "shufflenet_v2_x2_0" else 0.0)  # the authors' 2x only
 
 
+@pytest.mark.unit
 def test_v2_reference_counts() -> None:
     """architectures.md: 1x has 2.28 M parameters and 0.145 GMACs (torchvision); the paper says 2.3 M, 146 M."""
     model = meta_model("shufflenet_v2_x1_0")
@@ -274,6 +287,7 @@ def _v2_unit_by_the_paper(unit: ShuffleV2Unit, x: torch.Tensor) -> torch.Tensor:
     return _shuffled_by_definition(out, 2)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stride", [1, 2])
 def test_v2_unit_is_figure_3(stride: int) -> None:
     torch.manual_seed(0)
@@ -291,6 +305,7 @@ def test_v2_unit_is_figure_3(stride: int) -> None:
         torch.testing.assert_close(unit(x), _v2_unit_by_the_paper(unit, x))
 
 
+@pytest.mark.unit
 def test_v2_width_mult() -> None:
     with torch.device("meta"):
         model = ShuffleNetV2(width_mult=0.5)
@@ -301,6 +316,7 @@ def test_v2_width_mult() -> None:
     _one_line(exc, "width_mult=0.001")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(TABLE_5))
 def test_v2_torchvision_weights_give_torchvisions_outputs(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)

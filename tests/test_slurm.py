@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.helpers import PYTHON, ROOT, compose_config, data_overrides, odd_val_root, tiny_overrides
+from trainer.builders import build_datamodule
 from trainer.evaluate import evaluate
 
 EPOCHS, BATCHES = 3, 8  # 24 optimizer steps uninterrupted
@@ -31,11 +32,11 @@ def _env(run_dir: Path) -> dict[str, str]:
     }
 
 
-def _overrides(root: Path, cache_dir: Path, run_dir: Path) -> list[str]:
+def _overrides(data: list[str], cache_dir: Path, run_dir: Path) -> list[str]:
     drop = {"trainer.devices=1"}  # train.sbatch sets trainer.devices from --ntasks-per-node
     return [
         *(o for o in tiny_overrides(run_dir, cache_dir) if o not in drop and not o.startswith("run_dir=")),
-        *data_overrides(root),
+        *data,
         f"trainer.max_epochs={EPOCHS}",
         f"trainer.limit_train_batches={BATCHES}",
         "data.batch_size=32",
@@ -67,16 +68,35 @@ def _sbatch(tmp_path: Path, run_dir: Path, overrides: list[str]) -> str:
     ).stdout.strip()
 
 
+def _data(loader: str, sample_root: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
+    """The job's data overrides: the folder loader on the sample set with an odd val count (the split of an uneven
+    val set is under test), or the sample set through FFCV, its .beton files written here first so that the job's
+    two tasks only read them."""
+    if loader == "folder":
+        return data_overrides(odd_val_root(sample_root, tmp_path / "data"))
+    pytest.importorskip("ffcv")
+    data = ["data=sample_ffcv", "data.num_workers=0"]
+    build_datamodule(compose_config([*tiny_overrides(tmp_path / "prepare", cache_dir), *data])).prepare_data()
+    return data
+
+
 @pytest.fixture(scope="module")
-def uninterrupted_job(slurm_cluster: str, cache_dir: Path, sample_root: Path, tmp_path_factory) -> dict:
-    """The 2-task job left alone, run once: the reference of the preempted job (tests/test_resume.py's guarantee)."""
-    tmp_path = tmp_path_factory.mktemp("uninterrupted")
-    root = odd_val_root(sample_root, tmp_path / "data")
-    run_dir = tmp_path / "run"
-    job_id = _sbatch(tmp_path, run_dir, _overrides(root, cache_dir, run_dir))
-    job = _wait(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
-    log = (tmp_path / f"slurm-{job_id}.out").read_text()
-    return {"job": job, "log": log, "root": root, "run_dir": run_dir}
+def uninterrupted_job(slurm_cluster: str, cache_dir: Path, sample_root: Path, tmp_path_factory):
+    """The 2-task job left alone, once per loader: the reference of the preempted job (docs/resume.md's guarantee)."""
+    made: dict[str, dict] = {}
+
+    def get(loader: str) -> dict:
+        if loader not in made:
+            tmp_path = tmp_path_factory.mktemp(f"uninterrupted-{loader}")
+            data = _data(loader, sample_root, cache_dir, tmp_path)
+            run_dir = tmp_path / "run"
+            job_id = _sbatch(tmp_path, run_dir, _overrides(data, cache_dir, run_dir))
+            job = _wait(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+            log = (tmp_path / f"slurm-{job_id}.out").read_text()
+            made[loader] = {"job": job, "log": log, "data": data, "run_dir": run_dir}
+        return made[loader]
+
+    return get
 
 
 def _first_difference(a: dict, b: dict) -> str | None:
@@ -86,31 +106,35 @@ def _first_difference(a: dict, b: dict) -> str | None:
     return None
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_two_task_job_matches_single_process_evaluation(
     uninterrupted_job: dict, cache_dir: Path, tmp_path: Path
 ) -> None:
-    job, log, root, run_dir = (uninterrupted_job[k] for k in ("job", "log", "root", "run_dir"))
+    job, log, data, run_dir = (uninterrupted_job("folder")[k] for k in ("job", "log", "data", "run_dir"))
     assert job["JobState"] == "COMPLETED", log[-3000:]
     assert "Starting with 2 processes" in log and "16 per device x 2 device(s) x 1 node(s)" in log
     results = json.loads((run_dir / "results.json").read_text())
     assert results["global_step"] == EPOCHS * BATCHES
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    overrides = [f"ckpt={ckpt}", *data_overrides(root)]
+    overrides = [f"ckpt={ckpt}", *data]
     single = evaluate(compose_config([*tiny_overrides(tmp_path / "eval", cache_dir), *overrides], "eval"), overrides)
     assert single["top1"] == pytest.approx(results["top1"], abs=1e-9)
 
 
+@pytest.mark.system
 @pytest.mark.slow
+@pytest.mark.parametrize("loader", ["folder", "ffcv"])
 def test_preempted_job_requeues_resumes_and_finishes(
-    uninterrupted_job: dict, cache_dir: Path, sample_root: Path, tmp_path: Path
+    loader: str, uninterrupted_job, cache_dir: Path, tmp_path: Path
 ) -> None:
-    root = odd_val_root(sample_root, tmp_path / "data")
+    reference = uninterrupted_job(loader)
+    data = reference["data"]
     run_dir = tmp_path / "run"
     out = subprocess.run(
         [
             *(PYTHON, str(ROOT / "scripts" / "submit.py"), "--tasks-per-node=2", "--cpus-per-task=1", "--time=10"),
-            *(f"--output={tmp_path}/slurm-%j.out", *_overrides(root, cache_dir, run_dir)),
+            *(f"--output={tmp_path}/slurm-%j.out", *_overrides(data, cache_dir, run_dir)),
         ],
         capture_output=True,
         text=True,
@@ -150,7 +174,7 @@ def test_preempted_job_requeues_resumes_and_finishes(
     # exact resumption: the weights and the figures of the job left alone (SLURM's signal is handled at a step's end)
     if saved_step % BATCHES:  # saved in the middle of an epoch: the resume skips what was trained of it
         assert f"resuming at epoch {saved_step // BATCHES}, step {saved_step}:" in log
-    reference = uninterrupted_job["run_dir"]
+    reference = reference["run_dir"]
     want = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     got = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
     assert _first_difference(got["state_dict"], want["state_dict"]) is None, "the weights differ"
@@ -158,6 +182,7 @@ def test_preempted_job_requeues_resumes_and_finishes(
     assert (results["top1"], results["val_loss"]) == (expected["top1"], expected["val_loss"])
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_num_nodes_against_the_allocation_is_one_line(
     slurm_cluster: str, cache_dir: Path, sample_root: Path, tmp_path: Path
@@ -173,6 +198,7 @@ def test_num_nodes_against_the_allocation_is_one_line(
     )
 
 
+@pytest.mark.system
 @pytest.mark.slow  # ~15 s: composes the config once per point
 def test_submit_makes_one_job_per_sweep_point_and_checks_overrides(tmp_path: Path) -> None:
     submit = [PYTHON, str(ROOT / "scripts" / "submit.py"), "--dry-run", "--gpus-per-node=8", "--partition=gpu"]

@@ -64,6 +64,7 @@ TABLE_1 = {
 TABLE_1_TOTAL = 1_248_424
 
 
+@pytest.mark.unit
 def test_squeezenet1_0_is_table_1() -> None:
     model = meta_model("squeezenet1_0")
     layers = _layers(model)
@@ -82,6 +83,7 @@ def test_squeezenet1_0_is_table_1() -> None:
         assert fire.bypass is None
 
 
+@pytest.mark.unit
 def test_squeezenet1_0_at_224() -> None:
     """The catalogue's 224 px: conv1 gives 109x109 (227: 111x111), and the maps from fire4 on are the paper's."""
     model = meta_model("squeezenet1_0")
@@ -91,6 +93,7 @@ def test_squeezenet1_0_at_224() -> None:
     assert shapes["fire8"] == (512, 27, 27) and shapes["fire9"] == (512, 13, 13)
 
 
+@pytest.mark.unit
 def test_squeezenet1_1_is_the_authors_v1_1() -> None:
     """conv1 64 3x3/2; pools after conv1, fire3, fire5; the same fire modules; 2.4x less computation than 1.0."""
     v10, v11 = meta_model("squeezenet1_0"), meta_model("squeezenet1_1")
@@ -106,6 +109,7 @@ def test_squeezenet1_1_is_the_authors_v1_1() -> None:
     assert macs_10 / 1e9 == pytest.approx(0.82, rel=0.01) and macs_11 / 1e9 == pytest.approx(0.35, rel=0.01)
 
 
+@pytest.mark.unit
 def test_bypass_variants_are_section_6() -> None:
     vanilla = meta_model("squeezenet1_0")
     simple = _layers(meta_model("squeezenet1_0_simple_bypass"))
@@ -126,6 +130,7 @@ def test_bypass_variants_are_section_6() -> None:
     assert _num_params(meta_model("squeezenet1_0_complex_bypass")) == _num_params(vanilla) + extra
 
 
+@pytest.mark.unit
 def test_bypass_adds_the_input_without_another_relu() -> None:
     torch.manual_seed(0)
     plain, identity, conv = Fire(8, 4, 4, 4), Fire(8, 4, 4, 4, bypass="identity"), Fire(8, 4, 4, 4, bypass="conv")
@@ -138,6 +143,7 @@ def test_bypass_adds_the_input_without_another_relu() -> None:
         assert (identity(x) < 0).any(), "the sum is not rectified again"
 
 
+@pytest.mark.unit
 def test_conv_head_and_pre_logits() -> None:
     torch.manual_seed(0)
     model = create_model("squeezenet1_1", num_classes=10).eval()
@@ -160,6 +166,7 @@ def test_conv_head_and_pre_logits() -> None:
         torch.testing.assert_close(model(x), pooled)  # no conv10: the pooled features
 
 
+@pytest.mark.unit
 def test_init_is_the_authors_prototxt() -> None:
     """Xavier (Caffe: U(+-sqrt(3 / fan_in))) for the convolutions, N(0, 0.01) for conv10, zero biases."""
     torch.manual_seed(0)
@@ -176,6 +183,7 @@ def test_init_is_the_authors_prototxt() -> None:
             assert torch.all(conv.bias == 0), name
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("kwargs", "named"), [(dict(bypass="complicated"), "bypass='complicated'"), (dict(version="1_2"), "version='1_2'")]
 )
@@ -185,6 +193,7 @@ def test_bad_arguments_raise_one_line(kwargs: dict, named: str) -> None:
     assert "\n" not in str(exc.value) and named in str(exc.value)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("version", ["1_0", "1_1"])
 def test_torchvision_weights_give_torchvisions_outputs(version: str, tmp_path: Path) -> None:
     torch.manual_seed(0)

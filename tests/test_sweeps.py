@@ -32,6 +32,7 @@ def _axis(key: str) -> list[float]:
 PAPER_GRID = [_axis(f"sweep.{k}") for k in ("alpha", "beta", "gamma")]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("tolerance", [0.04, 0.1, 0.3])
 @pytest.mark.parametrize("target", [1.5, 2.0])
 def test_grid_emits_exactly_the_points_within_the_constraint(target: float, tolerance: float) -> None:
@@ -45,6 +46,7 @@ def test_grid_emits_exactly_the_points_within_the_constraint(target: float, tole
     assert len(emitted) == len(set(emitted))
 
 
+@pytest.mark.unit
 def test_the_papers_point_is_on_the_configured_grid() -> None:
     target, tolerance = GRID_CONFIG.sweep.target, GRID_CONFIG.sweep.tolerance
     points = enumerate_grid(*PAPER_GRID, target=target, tolerance=tolerance)
@@ -52,6 +54,7 @@ def test_the_papers_point_is_on_the_configured_grid() -> None:
     assert compound_product(1.2, 1.1, 1.15) == pytest.approx(1.9203, abs=1e-4)
 
 
+@pytest.mark.unit
 def test_no_point_in_the_constraint_names_the_closest_product() -> None:
     with pytest.raises(ConfigError, match=r"closest: 1\.1025 at alpha=1, beta=1, gamma=1\.05"):
         enumerate_grid([1.0], [1.0], [1.0, 1.05], target=2.0, tolerance=0.1)
@@ -59,6 +62,7 @@ def test_no_point_in_the_constraint_names_the_closest_product() -> None:
         enumerate_grid([0.9], [0.9], [0.9])
 
 
+@pytest.mark.unit
 def test_bad_points_fail() -> None:
     with pytest.raises(ConfigError, match="sweep.phi must be >= 0"):
         check_point(-1, 1.2, 1.1, 1.15)
@@ -97,6 +101,7 @@ def _tiny(tmp_path: Path, cache_dir: Path) -> list[str]:
     ]
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_dry_run_lists_the_filtered_grid_and_runs_nothing(tmp_path: Path) -> None:
     proc = _sweep("sweep=compound_grid", "sweep.dry_run=true", f"hydra.sweep.dir={tmp_path / 'm'}", timeout=120)
@@ -110,6 +115,7 @@ def test_dry_run_lists_the_filtered_grid_and_runs_nothing(tmp_path: Path) -> Non
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
@@ -162,6 +168,7 @@ def _check_compound_report(sweep_dir: Path, expected: list[tuple[float, float, f
 TWO_POINTS = ["sweep.alpha=1.2,1.4", "sweep.beta=1.1,1.2", "sweep.gamma=1.15,1.0", "sweep.base_resolution=32"]
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_compound_grid_sweep_runs_locally_and_is_reported(tmp_path: Path, cache_dir: Path, sample_root: Path) -> None:
     proc = _sweep("sweep=compound_grid", *TWO_POINTS, *_tiny(tmp_path, cache_dir))
@@ -170,6 +177,7 @@ def test_compound_grid_sweep_runs_locally_and_is_reported(tmp_path: Path, cache_
     _check_compound_report(tmp_path / "multirun", [(1.2, 1.1, 1.15), (1.4, 1.2, 1.0)], base=32)
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_a_crashing_point_is_recorded_and_the_others_run(tmp_path: Path, cache_dir: Path, sample_root: Path) -> None:
     """The generic lr x wd sweep; a negative lr makes torch's optimizer raise in one point."""
@@ -193,6 +201,7 @@ def test_a_crashing_point_is_recorded_and_the_others_run(tmp_path: Path, cache_d
     assert "failed" in (sweep_dir / "sweep_report.md").read_text()
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_a_user_error_in_a_point_is_recorded_too(tmp_path: Path, cache_dir: Path, sample_root: Path) -> None:
     """A UserError (here a resolution below the model's minimum) exits the task with status 2 as one line; in a
@@ -205,6 +214,7 @@ def test_a_user_error_in_a_point_is_recorded_too(tmp_path: Path, cache_dir: Path
         assert failed.type == "ConfigError" and "needs a resolution of at least 32 px" in failed.error
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_compound_sweep_through_submitit_on_slurm(
     slurm_cluster: str, tmp_path: Path, cache_dir: Path, sample_root: Path
@@ -218,12 +228,14 @@ def test_compound_sweep_through_submitit_on_slurm(
     _check_compound_report(tmp_path / "multirun", [(1.2, 1.1, 1.15), (1.4, 1.2, 1.0)], base=32)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("sweep", ["compound_grid", "compound_scale", "lr_wd"])
 def test_every_sweep_composes(sweep: str) -> None:
     cfg = compose_config([f"sweep={sweep}"])
     assert OmegaConf.to_container(cfg, resolve=True)
 
 
+@pytest.mark.unit
 def test_compound_scale_resolution_and_regularisation_flow_from_phi() -> None:
     """data.resolution = round(base * gamma^phi) through the model defaults; dropout from the B0-B7 table at phi,
     drop-path from the recipe."""

@@ -36,6 +36,7 @@ def _metric_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.integration
 def test_run_writes_its_outputs(trained_run) -> None:
     """The session's `trained_run` (tests/conftest.py): 2 epochs of BATCHES batches."""
     run_dir, results = trained_run
@@ -53,6 +54,7 @@ def test_run_writes_its_outputs(trained_run) -> None:
     assert float([r for r in rows if r["val/top1"]][-1]["val/top1"]) * 100 == pytest.approx(saved["top1"])
 
 
+@pytest.mark.integration
 def test_evaluate_reproduces_the_last_val_top1(trained_run, cache_dir: Path, tmp_path: Path) -> None:
     results = trained_run.results
     run_dir = copy_run(trained_run.run_dir, tmp_path / "run", checkpoints_only=True)  # evaluate writes beside it
@@ -64,6 +66,7 @@ def test_evaluate_reproduces_the_last_val_top1(trained_run, cache_dir: Path, tmp
     assert json.loads((run_dir / "eval_val.json").read_text())["top1"] == results["top1"]
 
 
+@pytest.mark.integration
 def test_evaluate_rejects_a_mismatched_model_or_data(
     trained_run, cache_dir: Path, sample_root: Path, tmp_path: Path
 ) -> None:
@@ -82,6 +85,7 @@ def test_evaluate_rejects_a_mismatched_model_or_data(
         evaluate(cfg, overrides=overrides)
 
 
+@pytest.mark.integration
 def test_resume_continues_at_the_right_epoch_and_step(trained_run, cache_dir: Path, tmp_path: Path) -> None:
     run_dir = copy_run(trained_run.run_dir, tmp_path / "resumed")
     first = json.loads((run_dir / "results.json").read_text())
@@ -96,6 +100,7 @@ def test_resume_continues_at_the_right_epoch_and_step(trained_run, cache_dir: Pa
     assert first["epochs"] == 2
 
 
+@pytest.mark.integration
 def test_last_ckpt_is_rewritten_every_epoch(cache_dir: Path, sample_root: Path, tmp_path: Path) -> None:
     # with lr 0 val top-1 never improves after epoch 0, so best.ckpt stays at epoch 0 while last.ckpt moves on
     train(_cfg(tmp_path, cache_dir, "trainer.max_epochs=2", "optim.lr=0", "trainer.limit_train_batches=1"))
@@ -106,6 +111,7 @@ def test_last_ckpt_is_rewritten_every_epoch(cache_dir: Path, sample_root: Path, 
     assert oct((tmp_path / "checkpoints" / "last.ckpt").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
+@pytest.mark.integration
 def test_ckpt_path_resumes_into_a_new_run_dir(trained_run, cache_dir: Path, tmp_path: Path) -> None:
     ckpt = trained_run.ckpt
     # without the run's ema.decay: one line naming it, not a state_dict key error
@@ -115,6 +121,7 @@ def test_ckpt_path_resumes_into_a_new_run_dir(trained_run, cache_dir: Path, tmp_
     assert results["epochs"] == 3 and results["global_step"] == 3 * BATCHES
 
 
+@pytest.mark.integration
 def test_undecodable_image_is_named_or_skipped(cache_dir: Path, sample_root: Path, tmp_path: Path, capsys) -> None:
     root = tmp_path / "digits"  # a small copy: 2 classes x 24 images per split
     for split in ("train", "val"):
@@ -143,6 +150,7 @@ def test_undecodable_image_is_named_or_skipped(cache_dir: Path, sample_root: Pat
         train(_cfg(tmp_path / "run3", cache_dir, *data, "data.num_workers=1", "data.persistent_workers=false"))
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_kill_during_training_then_resume(cache_dir: Path, sample_root: Path, tmp_path: Path) -> None:
     """SIGKILL a real `python train.py` right after it has rewritten last.ckpt (while it may be writing the next),
@@ -183,6 +191,7 @@ def test_kill_during_training_then_resume(cache_dir: Path, sample_root: Path, tm
     assert not [p for p in last.parent.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_main_job_reaches_90_percent(cache_dir: Path, sample_root: Path, tmp_path: Path) -> None:
     """`python train.py` with no arguments (only where it writes redirected): >= 90% val top-1 on the sample set."""
@@ -202,6 +211,7 @@ def test_main_job_reaches_90_percent(cache_dir: Path, sample_root: Path, tmp_pat
     print(f"main job: {results['top1']:.2f}% top-1 in {elapsed:.0f} s")
 
 
+@pytest.mark.integration
 def test_ema_is_validated_checkpointed_and_evaluated(trained_run, cache_dir: Path, tmp_path: Path) -> None:
     """ema.decay (the session's `trained_run` has 0.9): val_ema/top1 beside val/top1, the averaged weights in the
     checkpoint, evaluate.py reports both, and init_from takes the raw weights."""
@@ -218,6 +228,7 @@ def test_ema_is_validated_checkpointed_and_evaluated(trained_run, cache_dir: Pat
     assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
 
 
+@pytest.mark.integration
 def test_plateau_schedule_steps_on_validation_top1(cache_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=2", "sched=plateau", "sched.patience_epochs=0"))

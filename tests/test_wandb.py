@@ -95,6 +95,7 @@ def _train(run_dir: Path, cache_dir: Path, epochs: int) -> dict:
     return results
 
 
+@pytest.mark.integration
 def test_offline_run_logs_config_metrics_and_resumes_the_same_run(
     offline_env, cache_dir: Path, sample_root: Path, tmp_path: Path
 ) -> None:
@@ -120,6 +121,7 @@ def test_offline_run_logs_config_metrics_and_resumes_the_same_run(
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 2
 
 
+@pytest.mark.unit
 def test_credentials_decide_online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_BASE_URL", raising=False)

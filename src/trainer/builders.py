@@ -64,9 +64,19 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
     mode = cfg.model.get("drop_path_mode", "row")
     if mode not in DROP_PATH_MODES:
         raise ConfigError(f"model.drop_path_mode='{mode}' is not one of {', '.join(DROP_PATH_MODES)}")
-    if cfg.get("data") is not None and cfg.data.get("resolution") is not None:
-        check_resolution(cfg.model.name, cfg.data.resolution)
     kwargs = model_kwargs(cfg)
+    if cfg.get("data") is not None and cfg.data.get("resolution") is not None:
+        try:
+            check_resolution(cfg.model.name, cfg.data.resolution)
+        except ConfigError:
+            if not kwargs.get("aux_logits"):
+                raise
+            # built with auxiliary heads: name the minimum of the network as built (one retry, not two)
+            raise ConfigError(
+                f"model '{cfg.model.name}' with its auxiliary heads (they run in training) needs a resolution of at "
+                f"least {smallest_training_resolution(cfg, num_classes)} px; data.resolution={cfg.data.resolution}; "
+                "raise data.resolution, or build it without them: +model.kwargs.aux_logits=false"
+            ) from None
     try:
         model = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
     except TypeError as e:  # an argument the model's constructor does not take
