@@ -72,11 +72,8 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
             if not kwargs.get("aux_logits"):
                 raise
             # built with auxiliary heads: name the minimum of the network as built (one retry, not two)
-            raise ConfigError(
-                f"model '{cfg.model.name}' with its auxiliary heads (they run in training) needs a resolution of at "
-                f"least {smallest_training_resolution(cfg, num_classes)} px; data.resolution={cfg.data.resolution}; "
-                "raise data.resolution, or build it without them: +model.kwargs.aux_logits=false"
-            ) from None
+            smallest = smallest_training_resolution(cfg, num_classes)
+            raise _aux_resolution_error(cfg.model.name, smallest, f"data.resolution={cfg.data.resolution}") from None
     try:
         model = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
     except TypeError as e:  # an argument the model's constructor does not take
@@ -119,6 +116,13 @@ def smallest_training_resolution(cfg: DictConfig, num_classes: int, twin: nn.Mod
     return smallest
 
 
+def _aux_resolution_error(name: str, smallest: int, given: str) -> ConfigError:
+    return ConfigError(
+        f"model '{name}' with its auxiliary heads (they run in training) needs a resolution of at least {smallest} "
+        f"px; {given}; raise data.resolution, or build it without them: +model.kwargs.aux_logits=false"
+    )
+
+
 def check_aux_heads(cfg: DictConfig, model: nn.Module, num_classes: int) -> None:
     """At start, for a model with auxiliary heads: the network as built accepts the training resolution in training
     mode (heads included; the catalogue's minimum is the default build's), and `loss.aux_weights` weights its heads.
@@ -129,11 +133,8 @@ def check_aux_heads(cfg: DictConfig, model: nn.Module, num_classes: int) -> None
     twin = meta_twin(name, num_classes, **model_kwargs(cfg))
     outputs = training_outputs(twin, resolution)
     if isinstance(outputs, str):
-        raise ConfigError(
-            f"model '{name}' with its auxiliary heads (they run in training) needs a resolution of at least "
-            f"{smallest_training_resolution(cfg, num_classes, twin)} px; training resolution {resolution} "
-            f"({outputs}); raise data.resolution, or build it without them: +model.kwargs.aux_logits=false"
-        )
+        smallest = smallest_training_resolution(cfg, num_classes, twin)
+        raise _aux_resolution_error(name, smallest, f"training resolution {resolution} ({outputs})")
     weights = list(cfg.loss.aux_weights)
     if outputs and len(weights) not in (1, outputs):
         raise ConfigError(
