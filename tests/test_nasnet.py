@@ -3,6 +3,7 @@ cells (timm's NASNet-A Large weights give the same outputs), and its auxiliary h
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from pathlib import Path
@@ -114,11 +115,33 @@ def test_cells_are_figure_4() -> None:
     assert red.comb_iter_4_left.separable_1.depthwise_conv2d.stride == (1, 1)  # reads block 0's output
 
 
+@pytest.fixture(scope="module")
+def large_pair() -> tuple[nn.Module, nn.Module]:
+    """timm's NASNet-A Large and ours assembled as it (6 @ P, skipping the reduction cell's input) at a small width
+    (P = 384, stem 8, for speed), with timm's weights, in eval mode; built scriptable (timm's layer choice)."""
+    torch.manual_seed(0)
+    with timm.layers.set_layer_config(scriptable=True):
+        reference = NASNetALarge(num_features=384, stem_size=8).eval()
+        ours = NASNetA(
+            cells_per_stack=6, penultimate_filters=384, stem_size=8, skip_reduction_input=True, aux_logits=False
+        ).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+LARGE_INPUT = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
 @pytest.mark.unit
-def test_cells_are_timms_nasnet_a_large_cells() -> None:
+def test_cells_are_timms_nasnet_a_large_cells(large_pair: tuple[nn.Module, nn.Module]) -> None:
     """Assembled as NASNet-A Large (6 @ P, stem 96 or 8 here, skipping the reduction cell's input), the network has
     timm's parameter count, and (at a small width, for speed) timm's weights load without a missing or unexpected
-    key and give the same outputs: the generic cells wire the operations exactly as timm's (and TF-slim's)."""
+    key and give the same outputs, eager and scripted: the generic cells wire the operations exactly as timm's (and
+    TF-slim's)."""
     with torch.device("meta"):
         large = NASNetA(
             cells_per_stack=6, penultimate_filters=4032, stem_size=96, skip_reduction_input=True, aux_logits=False
@@ -128,15 +151,84 @@ def test_cells_are_timms_nasnet_a_large_cells() -> None:
         counts.append(_num_params(timm.create_model("nasnetalarge")))
     assert _num_params(large) == 88_753_150 and counts == [88_753_150, 88_753_150]
 
-    torch.manual_seed(0)
-    reference = NASNetALarge(num_features=384, stem_size=8).eval()
-    ours = NASNetA(
-        cells_per_stack=6, penultimate_filters=384, stem_size=8, skip_reduction_input=True, aux_logits=False
-    ).eval()
-    ours.load_state_dict(reference.state_dict(), strict=True)
-    x = torch.randn(2, 3, 64, 64)
+    reference, ours = large_pair
     with torch.no_grad():
-        assert (ours(x) - reference(x)).abs().max().item() <= 1e-5
+        expected = reference(LARGE_INPUT)
+        assert _max_diff(ours(LARGE_INPUT), expected) <= 1e-5
+        assert _max_diff(torch.jit.script(ours)(LARGE_INPUT), expected) <= 1e-5
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(indices=2),
+        dict(indices=[0, 3]),
+        dict(indices=[0], stop_early=True),
+        dict(indices=[2], stop_early=True),
+        dict(indices=[1], intermediates_only=True),
+    ],
+)
+def test_forward_intermediates_are_timms(large_pair: tuple[nn.Module, nn.Module], kwargs: dict) -> None:
+    """timm's nasnetalarge `forward_intermediates`: the same levels (conv0's output, then the cells' outputs after
+    the ReLU the next cell starts with) and final features, for each reading of indices and stop_early."""
+    reference, ours = large_pair
+    with torch.no_grad():
+        got, expected = (
+            ours.forward_intermediates(LARGE_INPUT, **kwargs),
+            reference.forward_intermediates(LARGE_INPUT, **kwargs),
+        )
+    if not kwargs.get("intermediates_only"):
+        assert _max_diff(got[0], expected[0]) <= 1e-5
+        got, expected = got[1], expected[1]
+    assert len(got) == len(expected) > 0
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == b.shape and _max_diff(a, b) <= 1e-5
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("indices", [[0], [1], [1, 3], 1])
+def test_prune_intermediate_layers_is_timms(large_pair: tuple[nn.Module, nn.Module], indices: int | list[int]) -> None:
+    """Pruned to a level, the network ends there as timm's does (the cells after it removed), its `num_features`
+    is that level's width, and it still scripts."""
+    reference, ours = (copy.deepcopy(m) for m in large_pair)
+    kept = ours.prune_intermediate_layers(indices)
+    assert kept == reference.prune_intermediate_layers(indices)
+    level = max(kept)
+    assert ours.num_features == ours.feature_info[level]["num_chs"]
+    assert hasattr(ours, "cell_11") == (level >= 3) and hasattr(ours, "cell_stem_1") == (level >= 2)
+    with torch.no_grad():
+        out = ours(LARGE_INPUT)
+        assert out.shape[1] == ours.num_features and _max_diff(out, reference(LARGE_INPUT)) <= 1e-5
+        if level < 3:  # the scripted network without the later cells (a few seconds more for the deeper ones)
+            assert _max_diff(torch.jit.script(ours)(LARGE_INPUT), out) <= 1e-5
+
+
+@pytest.mark.unit
+def test_forward_intermediates_are_the_feature_info_levels() -> None:
+    """NASNet-A Mobile's levels are what `features_only` hooks on the `feature_info` modules give, and pruning away
+    the auxiliary head's cell removes the head."""
+    torch.manual_seed(0)
+    model = NASNetA().eval()
+    maps: dict[int, torch.Tensor] = {}
+    hooks = [
+        model.get_submodule(info["module"]).register_forward_hook(
+            lambda _m, _i, out, k=k: maps.__setitem__(k, out.clone())
+        )
+        for k, info in enumerate(model.feature_info)
+    ]
+    x = torch.randn(2, 3, 67, 67)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        for hook in hooks:
+            hook.remove()
+        final, levels = model.forward_intermediates(x)
+    assert torch.equal(final, features) and len(levels) == len(maps) == 5
+    for k, level in enumerate(levels):
+        assert torch.equal(level, maps[k]), k
+    model.prune_intermediate_layers([2])
+    assert model.aux_head is None and model.cell_names == [f"cell_{i}" for i in range(4)]
 
 
 def _inputs_of(model: nn.Module, name: str, resolution: int = 96) -> tuple[torch.Tensor, torch.Tensor, dict]:

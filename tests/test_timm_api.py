@@ -3,17 +3,19 @@ pooling reset, a complete `pretrained_cfg`, TorchScript, FX feature extraction, 
 checkpointing and `forward_intermediates`.
 
 The networks are read from timm's registry (every entry point defined in `trainer.models`), so a network added
-later is covered without edits here. Each model is built once per module, in eval mode, at the smallest input its
-catalogue entries accept, batch 2. The checks that need no real forward (the config, the shapes at the default input
-size) run on every network on the meta device; the checks that run the network (scripting, tracing, export,
-checkpointing) run on one network per code path: `SAME_PATH_AS` names the skipped heavier variants and the variant
-that covers each.
+later is covered without edits here. Each model is built once per module, in eval mode, with drop-path on (a
+`drop_path_rate` wherever the constructor takes one), at the smallest input its catalogue entries accept, batch 2. The
+checks that need no real forward (the config, the shapes at the default input size) run on every network on the meta
+device; the checks that run the network (scripting, tracing, export, checkpointing) run on one network per code path:
+`SAME_PATH_AS` names the skipped heavier variants and the variant that covers each, and the stochastic-depth paper's
+batch-wise drop-path (`drop_path_mode=batch`) runs on one network more.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import inspect
 
 import pytest
 import timm
@@ -23,6 +25,8 @@ from timm.models import FeatureInfo, create_feature_extractor, get_graph_node_na
 
 import trainer.models  # noqa: F401  (registers our networks into timm)
 from trainer.models.catalogue import _CATALOGUE
+from trainer.models.layers import BatchDropPath
+from trainer.models.regularization import drop_path_modules, set_drop_path_mode
 from trainer.models.stages import StagedModel
 
 pytestmark = pytest.mark.unit
@@ -34,7 +38,6 @@ SAME_PATH_AS = {
     "densenet264": "timm's own DenseNet class (densenet121's code path); only the config is ours",
     "densenet_bc190_k40_cifar": "densenet_bc100_k12_cifar (same bottleneck layers and compression, another L and k)",
     "densenet_bc250_k24_cifar": "densenet_bc100_k12_cifar (same bottleneck layers and compression, another L and k)",
-    "fractalnet34": "fractalnet20_cifar (same blocks and drop-path sampler; its stem is ResNet's conv-BN-ReLU-pool)",
     "fractalnet40_cifar": "fractalnet20_cifar (same blocks, one column more)",
     "mobilenetv1_050": "mobilenetv1_025 (timm's EfficientNet, another width)",
     "mobilenetv1_075": "mobilenetv1_025 (timm's EfficientNet, another width)",
@@ -61,14 +64,12 @@ SAME_PATH_AS = {
     "wide_resnet28_10_cifar": "wide_resnet40_4_cifar (same unit, another depth and width)",
 }
 RUN = [n for n in OURS if n not in SAME_PATH_AS]
-# what does not work yet, and why
-NOT_SCRIPTABLE = {
-    "nasnet_a_mobile": "the cells are found by name (timm's nasnetalarge names, for its weights), which TorchScript "
-    "cannot compile; FX, torch.export and eager work",
-}
-NO_INTERMEDIATES = {
-    "nasnet_a_mobile": "timm's NASNet levels sit inside the cells (each cell's input ReLU); use features_only",
-}
+# the scripting, tracing and export checks: every network in RUN with timm's per-sample DropPath (where it has
+# drop-path), and one with the paper's batch-wise BatchDropPath in its place
+RUN_MODES = [pytest.param(n, "row", id=n) for n in RUN] + [
+    pytest.param("resnet20_cifar", "batch", id="resnet20_cifar-batch_drop_path")
+]
+DROP_PATH_RATE = 0.1
 BATCH = 2
 
 
@@ -87,15 +88,26 @@ def smallest_input(name: str) -> int:
     return min(sizes, default=32)
 
 
+def build_kwargs(name: str) -> dict[str, float]:
+    """`drop_path_rate` for every network whose constructor takes one, so that its drop-path modules are built."""
+    takes_rate = "drop_path_rate" in inspect.signature(type(_meta(name))).parameters
+    return {"drop_path_rate": DROP_PATH_RATE} if takes_rate else {}
+
+
+def create(name: str, drop_path_mode: str = "row", **kwargs) -> nn.Module:
+    """`timm.create_model` with drop-path on, in `drop_path_mode` (row: timm's DropPath; batch: BatchDropPath)."""
+    return set_drop_path_mode(timm.create_model(name, **build_kwargs(name), **kwargs), drop_path_mode)
+
+
 @functools.cache
-def _built(name: str) -> nn.Module:
+def _built(name: str, drop_path_mode: str = "row") -> nn.Module:
     torch.manual_seed(0)
-    return timm.create_model(name).eval()
+    return create(name, drop_path_mode).eval()
 
 
-def build(name: str) -> nn.Module:
+def build(name: str, drop_path_mode: str = "row") -> nn.Module:
     """A fresh copy of the network (eval mode); the tests change it in place."""
-    return copy.deepcopy(_built(name))
+    return copy.deepcopy(_built(name, drop_path_mode))
 
 
 @functools.cache
@@ -172,30 +184,47 @@ def test_reset_classifier_and_pooling(name: str) -> None:
         for classifier in classifier_names(model):
             assert model.get_submodule(classifier).weight.shape[0] == 7
 
-        unpooled = timm.create_model(name, num_classes=0, global_pool="").eval()
-        unpooled.load_state_dict({k: v for k, v in _built(name).state_dict().items() if k in unpooled.state_dict()})
+        unpooled = create(name, num_classes=0, global_pool="").eval()
+        keys = unpooled.state_dict().keys()
+        unpooled.load_state_dict({k: v for k, v in _built(name).state_dict().items() if k in keys})
         assert torch.allclose(unpooled(x), features, atol=1e-5)
 
 
 # ---- 3. TorchScript, FX, torch.export --------------------------------------------------------------------------
 
+# one network per drop-path code path, which the checks below must run with its drop-path built
+DROP_PATH_PATHS = {
+    ("nasnet_a_mobile", "row"): "DropPath on every cell operation but the identity",
+    ("inception_resnet_v1", "row"): "DropPath on the scaled residual branches",
+    ("preact_resnet164_cifar", "row"): "DropPath on the pre-activation residual branches",
+    ("efficientnet_compound", "row"): "timm's EfficientNet blocks' DropPath",
+    ("resnet20_cifar", "batch"): "the stochastic-depth paper's BatchDropPath",
+}
 
-@pytest.mark.parametrize("name", RUN)
-def test_torchscript(name: str) -> None:
-    if name in NOT_SCRIPTABLE:
-        pytest.skip(NOT_SCRIPTABLE[name])
+
+def test_drop_path_is_built_for_the_checks() -> None:
+    """The networks the checks run carry drop-path modules with a rate (or FractalNet's sampler has one)."""
+    for (name, mode), where in DROP_PATH_PATHS.items():
+        modules = drop_path_modules(_built(name, mode))
+        kind = BatchDropPath if mode == "batch" else timm.layers.DropPath
+        assert modules and all(type(m) is kind and m.drop_prob > 0 for m in modules), f"{name}: no {where}"
+    assert _built("fractalnet20_cifar").path_sampler.drop_path_rate == DROP_PATH_RATE  # FractalNet's join sampler
+
+
+@pytest.mark.parametrize(("name", "mode"), RUN_MODES)
+def test_torchscript(name: str, mode: str) -> None:
     x = _input(name)
     with timm.layers.set_layer_config(scriptable=True):
-        model = timm.create_model(name).eval()
-    model.load_state_dict(_built(name).state_dict())
+        model = create(name, mode).eval()
+    model.load_state_dict(_built(name, mode).state_dict())
     scripted = torch.jit.script(model)
     with torch.no_grad():
         assert torch.allclose(scripted(x), model(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", RUN)
-def test_fx_feature_extraction(name: str) -> None:
-    model, x = build(name), _input(name)
+@pytest.mark.parametrize(("name", "mode"), RUN_MODES)
+def test_fx_feature_extraction(name: str, mode: str) -> None:
+    model, x = build(name, mode), _input(name)
     _, eval_nodes = get_graph_node_names(model)
     extractor = create_feature_extractor(model, return_nodes={eval_nodes[-1]: "out"}).eval()
     with torch.no_grad():
@@ -204,9 +233,9 @@ def test_fx_feature_extraction(name: str) -> None:
         assert torch.allclose(torch.jit.script(extractor)(x)["out"], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", RUN)
-def test_torch_export(name: str) -> None:
-    model, x = build(name), _input(name)
+@pytest.mark.parametrize(("name", "mode"), RUN_MODES)
+def test_torch_export(name: str, mode: str) -> None:
+    model, x = build(name, mode), _input(name)
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         assert torch.allclose(exported.module()(x), model(x), atol=1e-5)
@@ -225,13 +254,32 @@ def _outputs_and_grads(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Te
 
 
 @pytest.mark.parametrize("name", RUN)
-def test_grad_checkpointing(name: str) -> None:
+def test_grad_checkpointing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpointing happens (counted through torch.utils.checkpoint.checkpoint, which timm's `checkpoint` and
+    `checkpoint_seq` call): each segment with parameters runs in the forward pass and again in the backward pass, and
+    the outputs and gradients are those without checkpointing."""
+    segments, runs = [], []
+    real_checkpoint = torch.utils.checkpoint.checkpoint
+
+    def counting_checkpoint(function, *args, **kwargs):
+        def run(*inputs, **kw):
+            runs.append(function)
+            return function(*inputs, **kw)
+
+        segments.append(function)
+        return real_checkpoint(run, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
     model, x = build(name).train(), _input(name)
     model.apply(lambda m: setattr(m, "momentum", 0.0) if isinstance(m, nn.BatchNorm2d) else None)  # stats fixed
     plain_out, plain_grads = _outputs_and_grads(model, x)
+    assert not segments
     model.set_grad_checkpointing(True)
     ckpt_out, ckpt_grads = _outputs_and_grads(model, x)
-    assert model.grad_checkpointing
+    assert segments, f"{name}: set_grad_checkpointing(True) checkpointed nothing"
+    for segment in segments:  # recomputed in the backward pass (a segment without parameters may need nothing)
+        if not isinstance(segment, nn.Module) or any(True for _ in segment.parameters()):
+            assert runs.count(segment) == 2, f"{name}: {type(segment).__name__} is not recomputed"
     for a, b in zip(plain_out, ckpt_out, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     assert plain_grads.keys() == ckpt_grads.keys() and plain_grads
@@ -245,9 +293,6 @@ def test_grad_checkpointing(name: str) -> None:
 @pytest.mark.parametrize("name", RUN)
 def test_forward_intermediates(name: str) -> None:
     model, x = build(name), _input(name)
-    if name in NO_INTERMEDIATES:
-        assert not hasattr(model, "forward_intermediates")
-        pytest.skip(NO_INTERMEDIATES[name])
     levels = model.feature_info
     if isinstance(levels, FeatureInfo):  # timm's own classes (EfficientNet) keep theirs as a FeatureInfo
         levels = levels.info

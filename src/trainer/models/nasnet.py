@@ -40,13 +40,16 @@ wiring and have no drop-path. The cells here keep their module names, so timm's 
 `NASNetA(cells_per_stack=6, penultimate_filters=4032, stem_size=96, skip_reduction_input=True)` unchanged (a test
 checks the outputs agree). The catalogue's `nasnet_a_large` is that network with the paper's auxiliary head and
 drop-path (timm's own has neither; `model=timm/nasnetalarge` still builds it). `checkpoint_filter_fn` maps the Cadene
-port's NASNet-A Mobile cell numbering (cell_6..9, cell_12..15) to TF-slim's contiguous one.
+port's NASNet-A Mobile cell numbering (cell_6..9, cell_12..15) to TF-slim's contiguous one. `forward_intermediates` and
+`prune_intermediate_layers` are those of timm's `nasnetalarge` (levels: conv0's output, then cells' outputs after
+ReLU); the network scripts with TorchScript.
 Eval: 0.875 centre crop and [-1, 1] input scaling (TF-slim's inception preprocessing). `entry.params` counts the
 inference network, the paper's 5.3 M / 88.9 M; `entry.aux_params` the auxiliary head the default build adds.
 """
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -60,6 +63,7 @@ from timm.models.nasnet import ActConvBn, BranchSeparables
 
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
+from trainer.models.stages import take_indices
 
 _BatchNorm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)  # timm's NASNet blocks use these too
 
@@ -72,6 +76,10 @@ class CellSpec:
     operations: tuple[str, ...]
     inputs: tuple[int, ...]  # the hidden state each operation reads
     concat: tuple[int, ...]  # the hidden states concatenated into the cell's output (TF-slim: the "unused" ones)
+
+    def __post_init__(self) -> None:
+        if not len(self.operations) == len(self.inputs) == 10:  # NASNetACell.forward names the ten operations
+            raise ValueError("a NASNet-A cell has five blocks of two operations")
 
 
 NORMAL_CELL = CellSpec(  # Fig. 4, left
@@ -100,6 +108,8 @@ class NASNetACell(nn.Module):
 
     `prev_chs=None` is the first stem cell: its previous input is its own input (TF-slim's `_reduce_prev_layer`).
     `reduce_prev`: the previous output has twice the resolution (the factorized reduction matches it).
+    The identity operations are `nn.Identity` modules (no parameters, so the state_dict keys stay timm's), which lets
+    `forward` name every operation: TorchScript compiles no attribute looked up by a computed name.
     """
 
     def __init__(
@@ -114,7 +124,6 @@ class NASNetACell(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        self.spec = spec
         self.conv_1x1 = ActConvBn(in_chs, filters, 1, padding=pad_type)
         self.prev_mode = "input" if prev_chs is None else "factorized" if reduce_prev else "project"
         if self.prev_mode == "factorized":
@@ -130,33 +139,40 @@ class NASNetACell(nn.Module):
         elif self.prev_mode == "project":  # TF-slim skips it when the widths agree, which NASNet-A's never do
             self.conv_prev_1x1 = ActConvBn(prev_chs, filters, 1, padding=pad_type)
         state_chs = [filters, in_chs if prev_chs is None else filters]
-        self.op_names: list[str | None] = []  # None: the identity
         for i, (op, state) in enumerate(zip(spec.operations, spec.inputs, strict=True)):
-            name = f"comb_iter_{i // 2}_{'right' if i % 2 else 'left'}" if op != "none" else None
-            if name is not None:
-                stride = 2 if reduction and state < 2 else 1
-                in_op = state_chs[state] if state < 2 else filters
-                self.add_module(name, _operation(op, in_op, filters, stride, pad_type))
-            self.op_names.append(name)
+            stride = 2 if reduction and state < 2 else 1
+            in_op = state_chs[state] if state < 2 else filters
+            module = nn.Identity() if op == "none" else _operation(op, in_op, filters, stride, pad_type)
+            self.add_module(f"comb_iter_{i // 2}_{'right' if i % 2 else 'left'}", module)
+        self.inputs = list(spec.inputs)
+        self.concat = list(spec.concat)
+        self.drop_path_on = [op != "none" for op in spec.operations]  # drop-path on every operation but the identity
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def _previous(self, x: torch.Tensor, x_prev: torch.Tensor | None) -> torch.Tensor:
-        if self.prev_mode == "input":
-            return x
-        if self.prev_mode == "factorized":
+        """The previous cell's output matched to this cell (modules looked up with hasattr: TorchScript then compiles
+        only the branch this cell has)."""
+        if hasattr(self, "final_path_bn"):  # factorized reduction
+            assert x_prev is not None
             x_prev = self.act(x_prev)
             return self.final_path_bn(torch.cat([self.path_1(x_prev), self.path_2(x_prev)], 1))
-        return self.conv_prev_1x1(x_prev)
+        if hasattr(self, "conv_prev_1x1"):
+            assert x_prev is not None
+            return self.conv_prev_1x1(x_prev)
+        return x  # the first stem cell
+
+    def _drop(self, x: torch.Tensor, op: int) -> torch.Tensor:
+        return self.drop_path(x) if self.drop_path_on[op] else x
 
     def forward(self, x: torch.Tensor, x_prev: torch.Tensor | None = None) -> torch.Tensor:
-        states = [self.conv_1x1(x), self._previous(x, x_prev)]
-        for block in range(len(self.op_names) // 2):
-            out = []
-            for i in (2 * block, 2 * block + 1):
-                h, name = states[self.spec.inputs[i]], self.op_names[i]
-                out.append(h if name is None else self.drop_path(getattr(self, name)(h)))
-            states.append(out[0] + out[1])
-        return torch.cat([states[i] for i in self.spec.concat], 1)
+        s = [self.conv_1x1(x), self._previous(x, x_prev)]  # hidden states 0 and 1; block b appends state b + 2
+        i = self.inputs  # the state each operation reads
+        s.append(self._drop(self.comb_iter_0_left(s[i[0]]), 0) + self._drop(self.comb_iter_0_right(s[i[1]]), 1))
+        s.append(self._drop(self.comb_iter_1_left(s[i[2]]), 2) + self._drop(self.comb_iter_1_right(s[i[3]]), 3))
+        s.append(self._drop(self.comb_iter_2_left(s[i[4]]), 4) + self._drop(self.comb_iter_2_right(s[i[5]]), 5))
+        s.append(self._drop(self.comb_iter_3_left(s[i[6]]), 6) + self._drop(self.comb_iter_3_right(s[i[7]]), 7))
+        s.append(self._drop(self.comb_iter_4_left(s[i[8]]), 8) + self._drop(self.comb_iter_4_right(s[i[9]]), 9))
+        return torch.cat([s[j] for j in self.concat], 1)
 
 
 class AuxHead(nn.Module):
@@ -193,6 +209,11 @@ def _stride16_size(img_size: int) -> int:
 class NASNetA(nn.Module):
     """NASNet-A "N @ P": `cells_per_stack` (N) normal cells per stack, `penultimate_filters` (P) channels into the
     classifier (F = P / 24 filters per block in the first stack)."""
+
+    # names of the normal and reduction cells in order, and of the cells that end feature levels 1..; class-level
+    # annotations are TorchScript's types for lists that may be empty (prune_intermediate_layers empties them)
+    cell_names: list[str]
+    feature_cells: list[str]
 
     def __init__(
         self,
@@ -243,7 +264,7 @@ class NASNetA(nn.Module):
         )
         chs_prev, chs = stem_chs  # channels of the previous and the current output
         reduce_prev = True  # the previous output has twice the current resolution
-        self.cell_names: list[str] = []
+        self.cell_names = []
         num_normal = 0
         for stack in range(3):
             width = filters * 2**stack
@@ -278,6 +299,8 @@ class NASNetA(nn.Module):
             dict(num_chs=12 * filters, reduction=16, module="reduction_cell_1.conv_1x1.act"),
             dict(num_chs=chs, reduction=32, module="act"),
         ]  # the cells' outputs after the ReLU the next cell starts with
+        # the cells whose outputs are feature levels 1.. (level 0 is conv0's), as timm's nasnetalarge taps them
+        self.feature_cells = ["cell_stem_0", f"cell_{cells_per_stack - 1}", self.aux_cell, self.cell_names[-1]]
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -307,33 +330,91 @@ class NASNetA(nn.Module):
         """Recompute each cell in the backward pass (timm's gradient checkpointing)."""
         self.grad_checkpointing = enable
 
-    def _cell(self, cell: nn.Module, x: torch.Tensor, x_prev: torch.Tensor | None) -> torch.Tensor:
-        return checkpoint(cell, x, x_prev) if self.grad_checkpointing else cell(x, x_prev)
+    def _forward_trunk(
+        self, x: torch.Tensor, take: list[int], stop: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+        """The stem conv and the cells up to feature level `stop`. Returns the features there (a cell's output after
+        the ReLU the next cell would start with; level 0, conv0's output, as it is), the auxiliary head's input (None
+        where its cell did not run) and the levels in `take`, in forward order."""
+        x = self.conv0(x)
+        x_prev: torch.Tensor | None = None
+        aux_input: torch.Tensor | None = None
+        intermediates: list[torch.Tensor] = []
+        if 0 in take:
+            intermediates.append(x)
+        level = 0
+        for name, cell in self.named_children():  # the cells in build order (TorchScript unrolls this loop)
+            # the cells are the children with a conv_1x1 (a static test in TorchScript, which compiles each cell as
+            # a type of its own, so that isinstance would miss all but one)
+            if hasattr(cell, "conv_1x1") and level < stop:
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    out = checkpoint(cell, x, x_prev)
+                else:
+                    out = cell(x, x_prev)
+                # the next cell's previous input: after a reduction cell, see skip_reduction_input
+                keep_prev = self.skip_reduction_input and name.startswith("reduction")
+                x, x_prev = out, (x_prev if keep_prev else x)
+                if name == self.aux_cell:
+                    aux_input = x
+                if name in self.feature_cells:
+                    level += 1
+                    if level in take:
+                        intermediates.append(torch.relu(x))
+        return (self.act(x) if level > 0 else x), aux_input, intermediates
 
-    def _forward_cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The final features and the auxiliary head's input."""
-        x_prev = self.conv0(x)
-        x, x_prev = self._cell(self.cell_stem_0, x_prev, None), x_prev
-        x, x_prev = self._cell(self.cell_stem_1, x, x_prev), x
-        aux_input = None
-        for name in self.cell_names:
-            if name.startswith("reduction"):  # the next cell's previous input: see skip_reduction_input
-                x, x_prev = self._cell(getattr(self, name), x, x_prev), (x_prev if self.skip_reduction_input else x)
-            else:
-                x, x_prev = self._cell(getattr(self, name), x, x_prev), x
-            if name == self.aux_cell:
-                aux_input = x
-        return self.act(x), aux_input
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's `forward_intermediates` (as its nasnetalarge's): the `feature_info` levels `indices` (None all, an
+        int the last n, a sequence those levels), in forward order, and unless `intermediates_only` the final
+        features. Level 0 is conv0's output, the others are cells' outputs after the ReLU the next cell starts with.
+        `stop_early` ends the trunk at the last level taken (the final features are then that level); `norm` does
+        nothing (there is no final norm)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: NASNet-A gives NCHW maps only")
+        taken = take_indices(len(self.feature_cells) + 1, indices)
+        stop = max(taken) if stop_early or intermediates_only else len(self.feature_cells)
+        x, _, intermediates = self._forward_trunk(x, taken, stop)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """timm's: remove the cells after the last level `indices` keeps (and the auxiliary head if its cell goes).
+        The features then end at that level, and the classifier, sized for the removed width, goes too. `prune_norm`
+        does nothing (there is no final norm). Returns the levels kept."""
+        taken = take_indices(len(self.feature_cells) + 1, indices)
+        level = max(taken)
+        cells = ["cell_stem_0", "cell_stem_1", *self.cell_names]
+        kept = cells.index(self.feature_cells[level - 1]) + 1 if level > 0 else 0
+        for name in cells[kept:]:
+            delattr(self, name)
+        self.cell_names = [n for n in self.cell_names if hasattr(self, n)]
+        pruned_end = level < len(self.feature_cells)
+        self.feature_cells = self.feature_cells[:level]
+        if not hasattr(self, self.aux_cell):
+            self.aux_head, self.aux_logits = None, False
+        if pruned_end:
+            self.num_features = self.head_hidden_size = self.feature_info[level]["num_chs"]
+        if prune_head or pruned_end:
+            self.reset_classifier(0, "")
+        return taken
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward_cells(x)[0]
+        return self._forward_trunk(x, [], len(self.feature_cells))[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.global_pool(x))
         return x if pre_logits else self.last_linear(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        x, aux_input = self._forward_cells(x)
+        x, aux_input, _ = self._forward_trunk(x, [], len(self.feature_cells))
         logits = self.forward_head(x)
         if self.training and self.aux_head is not None and self.num_classes > 0:  # TF-slim: only with a classifier
             assert aux_input is not None  # the aux cell always runs; TorchScript needs the Optional refined
