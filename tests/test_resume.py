@@ -190,10 +190,21 @@ def test_kill_9_after_a_step_checkpoint_then_resume_equals_uninterrupted(
 
 
 @pytest.mark.integration
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path) -> None:
+@pytest.mark.parametrize(("log_every", "stopped_after"), [(1, 2), (50, 3)])
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    cache_dir, tmp_path, log_every: int, stopped_after: int
+) -> None:
+    """The bad step (3) is named either way. When every step logs, the run stops before that step's update (after
+    2 steps); else at the next check (here the epoch's last batch, after 3), and no checkpoint follows the bad step."""
     run_dir = tmp_path / "run"
-    extra = [f"+callbacks.nan._target_={__name__}.NaNAt", "+callbacks.nan.step=3", "trainer.max_epochs=1"]
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 4 \(epoch 0, batch 4\), lr [0-9.e-]+"):
+    extra = [
+        f"+callbacks.nan._target_={__name__}.NaNAt",
+        "+callbacks.nan.step=2",
+        "trainer.max_epochs=1",
+        f"trainer.log_every_n_steps={log_every}",
+    ]
+    expected = rf"loss is nan at step 3 \(epoch 0, batch 3\), lr [0-9.e-]+: stopped after {stopped_after} steps "
+    with pytest.raises(NonFiniteLossError, match=expected):
         train(compose_config(_overrides(run_dir, cache_dir, "sample", *extra)))
     last = _final(run_dir)
     assert last["global_step"] == 2  # the step checkpoint before the bad step

@@ -232,7 +232,7 @@ class ClassificationModule(L.LightningModule):
         epoch, batch, lr = unchecked.get(step, (self.current_epoch, 0, float("nan")))
         raise NonFiniteLossError(
             f"the training loss is {float(self._nonfinite_loss)} at step {step} (epoch {epoch}, batch {batch}), "
-            f"lr {lr:.6g}: stopped at step {self.trainer.global_step} (loss.nonfinite=stop), no checkpoint written "
+            f"lr {lr:.6g}: stopped after {self.trainer.global_step} steps (loss.nonfinite=stop), no checkpoint written "
             "after it; the last checkpoint is the last good state (resume=auto continues from it)"
         )
 
