@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,19 +200,28 @@ def test_publish_dry_run_lists_files_and_never_writes_the_token(resnet_ckpt: Pat
 
 @pytest.mark.system
 @pytest.mark.slow
-def test_scripts_fail_with_one_line(resnet_ckpt: Path, tmp_path: Path) -> None:
+def test_scripts_fail_with_one_line(resnet_ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """The first case through a real interpreter (the exit status a shell sees); the others run the script's
+    `__main__` in process (runpy), the same code without another torch import."""
     bare = tmp_path / "bare.ckpt"
     torch.save({"state_dict": torch.load(resnet_ckpt, map_location="cpu", weights_only=True)["state_dict"]}, bare)
+    proc = _run("scripts/export.py", f"ckpt={bare}", f"out={tmp_path / 'b'}", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == EXIT_USER_ERROR, proc.stderr
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "has no saved config" in proc.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for args, message in (
-        (["scripts/export.py", f"ckpt={bare}", f"out={tmp_path / 'b'}"], "has no saved config"),
         (["scripts/export.py", f"ckpt={resnet_ckpt}", f"out={tmp_path}"], "exists; pass overwrite=true"),
         (["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo_id=nothing", "--dry-run"], "not of the form"),
         (["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo=a/b"], "unknown argument 'repo'"),
     ):
-        proc = _run(*args, env={"HF_HUB_OFFLINE": "1"})
-        assert proc.returncode == EXIT_USER_ERROR, proc.stderr
-        assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        assert message in proc.stderr
+        monkeypatch.setattr(sys, "argv", args)
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(ROOT / args[0]), run_name="__main__")
+        err = capsys.readouterr().err
+        assert exit_.value.code == EXIT_USER_ERROR, err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert message in err
 
 
 def _smallest_of_each_family() -> list[str]:
