@@ -6,7 +6,9 @@
 
 One row per evaluation (`eval_<protocol>.json` written by evaluate.py) of each run, or one row from the run's own
 last validation (`results.json`, protocol "center") where it has none. The paper's top-1/top-5 come from the model's
-catalogue entry, or from the recipe's `recipe_info` when the entry has none; nothing is retyped here.
+catalogue entry, or from the recipe's `recipe_info` when the entry has none; nothing is retyped here. A CIFAR run is
+compared with the test error of its protocol (C10, C10+, C100, C100+) that the recipe's paper reports for the model
+(`recipe_info.cifar_error`), else the one its catalogue entry holds.
 
 A run is compared with the paper only when it trained on the paper's data: ImageNet-1k (1000 classes, not the
 bundled sample) at the paper's resolution, or CIFAR for a CIFAR entry. Other runs (the digits sample set, a data
@@ -97,18 +99,29 @@ def cifar_protocol(cfg: DictConfig) -> str | None:
 
 def paper_figure_for_data(model: str, cfg: DictConfig) -> tuple[float | None, str | None] | None:
     """For a run on CIFAR: (the paper's top-1, its protocol) for `model` on that protocol, (None, None) where the
-    paper gives none; None for a run on other data (the catalogue's and recipe's figures apply)."""
+    paper gives none; None for a run on other data (the catalogue's and recipe's figures apply).
+
+    The paper is the recipe's where the recipe lists the model in `recipe_info.cifar_error` (stochastic depth's
+    ResNet-110 is compared with Huang et al.'s 5.25 %, not He et al.'s 6.43 %), else the model's catalogue paper
+    (no recipe, or a recipe written for another family)."""
     protocol = cifar_protocol(cfg)
     if protocol is None:
         return None
-    try:
-        entry = None if model.startswith(TIMM_PREFIX) else get_entry(model)
-    except ConfigError:
-        entry = None
-    error = entry.cifar_error.get(protocol) if entry is not None else None
+    info = cfg.get("recipe_info") or {}
+    recipe_errors = (info.get("cifar_error") or {}).get(model)
+    if recipe_errors is not None:  # the recipe's paper trained this network: its figure, or none for this protocol
+        error = recipe_errors.get(protocol)
+        source = f"{info.authors.split(',')[0]} et al. {info.year}, recipe {info.name}"
+    else:
+        try:
+            entry = None if model.startswith(TIMM_PREFIX) else get_entry(model)
+        except ConfigError:
+            entry = None
+        error = entry.cifar_error.get(protocol) if entry is not None else None
+        source = f"{entry.paper.authors.split(',')[0]} et al. {entry.paper.year}" if entry is not None else ""
     if error is None:
         return None, None
-    return round(100.0 - error, 2), f"{protocol} test error {error} % ({entry.paper.authors.split(',')[0]} et al.)"
+    return round(100.0 - error, 2), f"{protocol} test error {error} % ({source})"
 
 
 def paper_numbers(model: str, cfg: DictConfig) -> tuple[float | None, float | None, str | None]:

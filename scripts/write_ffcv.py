@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Convert a split of an ImageNet-layout folder to an FFCV .beton:
+"""Convert a split of an ImageNet-layout folder, or of a CIFAR archive, to an FFCV .beton:
 `python scripts/write_ffcv.py data.root=<folder> split=train out=<file.beton> [write_mode=...] [max_resolution=...]`
+`python scripts/write_ffcv.py data=cifar10 split=train` (raw pixels, to data=cifar10_ffcv's file; docs/cifar.md)
 (options in conf/write_ffcv.yaml; docs/data.md, "FFCV")."""
 
 from pathlib import Path

@@ -207,6 +207,53 @@ def test_cifar_models_are_listed_with_their_papers_errors() -> None:
     assert get_entry("densenet40_k12_cifar").cifar_error == {"C10": 7.00, "C10+": 5.24, "C100": 27.55, "C100+": 24.42}
 
 
+CIFAR_NETWORKS = [name for name in list_models() if get_entry(name).cifar_error]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", CIFAR_NETWORKS)
+def test_catalogue_counts_cifar_networks_at_10_classes(name: str) -> None:
+    """entry.cifar_params is the network built for CIFAR-10, as the papers' tables count; entry.params at 1000."""
+    entry = get_entry(name)
+    assert entry.cifar_params == sum(p.numel() for p in meta_model(name, num_classes=10).parameters())
+    assert entry.params == sum(p.numel() for p in meta_model(name).parameters())
+
+
+@pytest.mark.unit
+def test_listing_shows_cifar_networks_at_10_classes_with_their_papers_errors(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m trainer.models '*cifar*'` (a pipe: 80 columns): each network's row holds its 10-class parameter
+    count and the paper's C10 / C10+ / C100 / C100+ errors; a mixed narrow listing points there."""
+    from trainer.models.__main__ import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    main(["*cifar*"])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "name" in line and "params" in line)
+    columns = [c.strip() for c in header.strip("┃").split("┃")]
+    assert columns[-4:] == ["C10", "C10+", "C100", "C100+"], columns
+    rows = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        if len(cells) == len(columns):
+            rows[cells[0]] = dict(zip(columns, cells, strict=True))
+    assert sorted(rows) == CIFAR_NETWORKS
+    # the papers' counts at 10 classes: ResNet-56 0.85 M (He et al. Table 6; 0.92 M at 1000 classes)
+    assert rows["resnet56_cifar"]["params (M)"] == "0.85"
+    assert rows["densenet_bc100_k12_cifar"]["params (M)"] == "0.77"  # Table 2: 0.8 M
+    for name, row in rows.items():
+        entry = get_entry(name)
+        assert row["params (M)"] == f"{entry.cifar_params / 1e6:.2f}", name
+        for protocol in ("C10", "C10+", "C100", "C100+"):
+            error = entry.cifar_error.get(protocol)
+            assert row[protocol] == ("-" if error is None else f"{error:.2f}"), (name, protocol)
+    assert rows["densenet40_k12_cifar"]["C100"] == "27.55" and rows["resnet110_cifar"]["C10+"] == "6.43"
+    main(["resnet*"])  # CIFAR and ImageNet networks at 80 columns: the ImageNet columns, and where the errors are
+    out = capsys.readouterr().out
+    assert "'*cifar*'" in out and "C100+" not in out
+
+
 @pytest.mark.unit
 def test_bad_network_arguments_are_one_line() -> None:
     for name, kwargs, text in (
@@ -242,11 +289,29 @@ def test_cifar100_folder_fine_and_coarse_labels(cifar100_root: Path, tmp_path: P
     assert module.num_classes == 100 and module.classes[:2] == ["fine_00", "fine_01"]
     assert (len(module.train_set), len(module.val_set)) == (N100_TRAIN, N100_TEST)
     fine = module.arrays("train")[1]
-    coarse = _datamodule(tmp_path, "cifar100", cifar100_root, "data.label_type=coarse", "data.num_classes=20")
-    assert coarse.classes == [f"coarse_{i}" for i in range(20)]
+    coarse = _datamodule(tmp_path, "cifar100", cifar100_root, "data.label_type=coarse")  # one override: 20 classes
+    assert coarse.classes == [f"coarse_{i}" for i in range(20)] and coarse.num_classes == 20
     assert np.array_equal(coarse.arrays("train")[1], fine // 5)  # as the generated archive pairs them
     with pytest.raises(ConfigError, match="label_type='coarse'"):
         _datamodule(tmp_path, "cifar10", cifar100_root, "data.label_type=coarse")
+
+
+@pytest.mark.unit
+def test_coarse_labels_alone_give_the_model_20_classes(cifar100_root: Path, tmp_path: Path) -> None:
+    """data.num_classes follows data.label_type: `data.label_type=coarse` is the one override the superclasses need;
+    the config (what config.yaml records), the data module and the model's head all count 20. An explicit
+    data.num_classes still wins, and a wrong one is refused."""
+    cfg = _data_cfg(tmp_path, "cifar100", cifar100_root, "model=resnet20_cifar", "data.label_type=coarse")
+    assert cfg.data.num_classes == 20
+    assert _data_cfg(tmp_path, "cifar100", cifar100_root).data.num_classes == 100
+    assert _data_cfg(tmp_path, "cifar10", cifar100_root).data.num_classes == 10
+    module = build_datamodule(cfg)
+    with torch.device("meta"):
+        model = build_model(cfg, num_classes=len(module.classes))  # as train() builds it
+    assert model.get_classifier().out_features == 20
+    bad = _data_cfg(tmp_path, "cifar100", cifar100_root, "data.label_type=coarse", "data.num_classes=100")
+    with pytest.raises(DataError, match="names 20 coarse classes but data.num_classes=100"):
+        _ = build_datamodule(bad).classes
 
 
 @pytest.mark.unit
@@ -412,7 +477,7 @@ needs_ffcv = pytest.mark.skipif(importlib.util.find_spec("ffcv") is None, reason
 @pytest.mark.slow  # ffcv's numba compilation of the pipelines: about a minute on 2 shared cores
 @needs_ffcv
 def test_ffcv_files_written_from_the_archive_hold_its_pixels_and_labels(cifar10_root: Path, tmp_path: Path) -> None:
-    from trainer.data.beton import write_from_config
+    from trainer.data.beton import check_beton, write_from_config
 
     for split in ("train", "val"):
         cfg = compose_config(
@@ -420,9 +485,7 @@ def test_ffcv_files_written_from_the_archive_hold_its_pixels_and_labels(cifar10_
                 "data=cifar10",
                 f"data.root={cifar10_root}",
                 f"split={split}",
-                f"out={tmp_path}/{split}.beton",
-                "write_mode=raw",
-                "max_resolution=null",
+                f"out={tmp_path}/{split}.beton",  # write_mode left at its default: raw pixels for CIFAR
                 "num_workers=1",
                 "page_size=2097152",
                 "progress=false",
@@ -431,6 +494,7 @@ def test_ffcv_files_written_from_the_archive_hold_its_pixels_and_labels(cifar10_
         )
         result = write_from_config(cfg)
         assert result.images == (5 * N_PER_BATCH if split == "train" else N_TEST)
+        assert check_beton(tmp_path / f"{split}.beton").write["write_mode"] == "raw"
     ffcv_cfg = _data_cfg(
         tmp_path,
         "cifar10_ffcv",
@@ -455,6 +519,21 @@ def test_ffcv_files_written_from_the_archive_hold_its_pixels_and_labels(cifar10_
     x, y = next(iter(ffcv_module.train_dataloader()))
     assert x.shape == (25, 3, 32, 32) and y.shape == (25,)
     ffcv_module.teardown()
+
+
+@pytest.mark.unit
+def test_write_ffcv_stores_cifar_as_raw_pixels_by_default(cifar10_root: Path) -> None:
+    """`scripts/write_ffcv.py data=cifar10 split=train` alone writes raw pixels (a JPEG would change the images the
+    papers train on); a folder keeps FFCV's ImageNet default, and write_mode= still chooses."""
+    from trainer.data.beton import write_options
+
+    def options(*overrides: str):
+        return write_options(compose_config(["split=train", *overrides], config_name="write_ffcv"))
+
+    assert options("data=cifar10", f"data.root={cifar10_root}").write_mode == "raw"
+    assert options("data=cifar100").write_mode == "raw"
+    assert options("data.root=/any/folder").write_mode == "proportion"
+    assert options("data=cifar10", "write_mode=jpg").write_mode == "jpg"
 
 
 # --- the report ------------------------------------------------------------------------------------------------------
@@ -484,3 +563,93 @@ def test_report_takes_the_papers_figure_for_the_runs_cifar_protocol() -> None:
     # ResNet (He et al. 2016) reports no CIFAR-100 figure: none is shown, not the recipe's CIFAR-10 one
     assert report.paper_numbers("resnet110_cifar", cfg("cifar100", "pad_random")) == (None, None, None)
     assert report.paper_numbers(name, cfg("cifar100", "pad_random", "coarse")) == (None, None, None)
+
+
+# Huang et al. 2016 (stochastic depth), Table 1: ResNet-110 C10+ 5.25, C100+ 24.98; ResNet-1202 C10+ 4.91 % error
+STOCHASTIC_DEPTH_ERRORS = {"resnet110_cifar": {"C10+": 5.25, "C100+": 24.98}, "resnet1202_cifar": {"C10+": 4.91}}
+
+
+def _finished_run(run: Path, overrides: list[str], top1: float = 90.0) -> Path:
+    """A run directory as train() leaves it: the resolved config.yaml and results.json."""
+    run.mkdir(parents=True)
+    OmegaConf.save(compose_config([*overrides, f"run_dir={run}"]), run / "config.yaml", resolve=True)
+    (run / "results.json").write_text(f'{{"top1": {top1}, "top5": 99.0, "epochs": 500}}')
+    return run
+
+
+@pytest.mark.unit
+def test_report_compares_a_cifar_run_with_the_figure_of_the_recipe_it_ran(tmp_path: Path) -> None:
+    """resnet110_cifar trained with recipe=stochastic_depth_cifar is Huang et al.'s experiment (5.25 % on C10+), not
+    He et al.'s (6.43 %); the figure is the run's protocol's, from the run's saved config.yaml."""
+    report = _report_script()
+    assert OmegaConf.load(ROOT / "recipes" / "stochastic_depth_cifar.yaml").recipe_info.cifar_error == (
+        STOCHASTIC_DEPTH_ERRORS
+    )
+
+    def paper(name: str, *overrides: str) -> tuple[float | None, str | None]:
+        rows = report.run_rows(_finished_run(tmp_path / name, list(overrides)))
+        assert len(rows) == 1
+        if rows[0]["paper_top1"] is not None:
+            assert rows[0]["diff_top1"] == pytest.approx(90.0 - rows[0]["paper_top1"])
+        return rows[0]["paper_top1"], rows[0]["paper_protocol"]
+
+    top1, protocol = paper("sd_c10", "data=cifar10", "recipe=stochastic_depth_cifar")
+    assert top1 == pytest.approx(100 - 5.25) and protocol.startswith("C10+ ") and "Huang" in protocol
+    top1, protocol = paper("sd_c100", "data=cifar100", "recipe=stochastic_depth_cifar")
+    assert top1 == pytest.approx(100 - 24.98) and "Huang" in protocol
+    top1, _ = paper("sd_1202", "data=cifar10", "recipe=stochastic_depth_cifar", "model=resnet1202_cifar")
+    assert top1 == pytest.approx(100 - 4.91)
+    # without augmentation Huang et al. give no figure for ResNet-110: none, not another paper's
+    assert paper("sd_c10_plain", "data=cifar10", "recipe=stochastic_depth_cifar", "augment=none") == (None, None)
+    # the same network with He et al.'s recipe: He et al.'s figure (Table 6), and none on CIFAR-100
+    top1, protocol = paper("he_c10", "data=cifar10", "recipe=resnet_cifar")
+    assert top1 == pytest.approx(100 - 6.43) and "He et al." in protocol
+    assert paper("he_c100", "data=cifar100", "recipe=resnet_cifar") == (None, None)
+    # a recipe crossed onto another family's network, or no recipe: the network's catalogue paper
+    top1, protocol = paper("crossed", "data=cifar10", "recipe=resnet_cifar", "model=densenet_bc100_k12_cifar")
+    assert top1 == pytest.approx(100 - 4.51) and "Huang et al. 2017" in protocol
+    top1, _ = paper("no_recipe", "data=cifar100", "model=wide_resnet28_10_cifar", "augment=cifar")
+    assert top1 == pytest.approx(100 - 18.85)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("recipe", sorted(CIFAR_RECIPES))
+def test_cifar_recipes_carry_their_papers_errors(recipe: str) -> None:
+    """Each CIFAR recipe lists the errors of the networks its paper trained (its own model among them); where the
+    paper is the network's catalogue paper, they are the catalogue's."""
+    info = OmegaConf.load(ROOT / "recipes" / f"{recipe}.yaml").recipe_info
+    errors = OmegaConf.to_container(info.cifar_error)
+    assert errors[info.model]["C10+"] == pytest.approx(CIFAR_RECIPES[recipe][-1])
+    for name, by_protocol in errors.items():
+        entry = get_entry(name)
+        assert entry.family in info.families, name
+        assert by_protocol and set(by_protocol) <= {"C10", "C10+", "C100", "C100+"}, name
+        if entry.paper.title == info.title:
+            assert by_protocol == entry.cifar_error, name
+    if recipe == "stochastic_depth_cifar":
+        assert errors == STOCHASTIC_DEPTH_ERRORS
+
+
+@pytest.mark.unit
+def test_readme_cifar_table_is_the_recipes_figures() -> None:
+    """README.md's CIFAR table: every CIFAR recipe, its paper's networks, and their C10+ / C100+ errors as the recipe
+    carries them (recipe_info.cifar_error, checked against the catalogue above)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## CIFAR\n") :]
+    section = section[: section.index("\n## ")]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    seen = set()
+    for _paper, models, recipe, c10, c100 in rows:
+        recipe = recipe.strip("`")
+        errors = OmegaConf.to_container(OmegaConf.load(ROOT / "recipes" / f"{recipe}.yaml").recipe_info.cifar_error)
+        names = [m.strip("`") for m in models.split(", ")]
+        assert names == list(errors), recipe
+        for protocol, cells in (("C10+", c10), ("C100+", c100)):
+            if all(protocol not in errors[n] for n in names):
+                assert cells.strip() == "-", (recipe, protocol)
+                continue
+            given = [c.strip() for c in cells.split(" / ")]
+            assert given == [f"{errors[n][protocol]:.2f}" if protocol in errors[n] else "-" for n in names], recipe
+        seen.add(recipe)
+    assert seen == set(CIFAR_RECIPES)
+    assert "python train.py data=cifar10 model=resnet110_cifar recipe=resnet_cifar" in section

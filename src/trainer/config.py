@@ -33,11 +33,19 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # more constructor arguments, e.g. {groups: 1}
 
 
+def _cifar_classes(dataset: str, label_type: str) -> int | None:
+    from trainer.data.cifar import num_classes  # imported when a CIFAR config is resolved, not at every start
+
+    return num_classes(dataset, label_type)
+
+
 def register_configs(overrides: Iterable[str] = ()) -> None:
     """Store `model/<name>` for each catalogue entry, and `model/timm/<name>` for each timm model named in
     `overrides` (all ~1,400 timm names would cost most of a second at every start). Idempotent."""
     # evaluate.py's run directory (its log) is the checkpoint's run directory, where its results go too
     OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(Path(ckpt).resolve().parent.parent), replace=True)
+    # data=cifar10 / cifar100: data.num_classes follows data.label_type (CIFAR-100's coarse labels: 20 classes)
+    OmegaConf.register_new_resolver("cifar_classes", _cifar_classes, replace=True)
     cs = ConfigStore.instance()
     for name in list_models():
         cs.store(group="model", name=name, node=ModelConfig(name=name))

@@ -752,7 +752,7 @@ def write_from_config(cfg: Any) -> WriteResult:
         root / names[split],
         out,
         classes,
-        _options(cfg),
+        write_options(cfg),
         split=split,
         overwrite=bool(cfg.overwrite),
         progress=bool(cfg.progress),
@@ -779,7 +779,7 @@ def _write_cifar(cfg: Any, split: str) -> WriteResult:
         root,
         out,
         classes,
-        _options(cfg),
+        write_options(cfg),
         split=split,
         overwrite=bool(cfg.overwrite),
         progress=bool(cfg.progress),
@@ -787,9 +787,12 @@ def _write_cifar(cfg: Any, split: str) -> WriteResult:
     )
 
 
-def _options(cfg: Any) -> WriteOptions:
+def write_options(cfg: Any) -> WriteOptions:
+    """The write options of a conf/write_ffcv.yaml config. `write_mode` null: raw for a CIFAR archive (the exact
+    32x32 pixels the papers train on), FFCV's ImageNet `proportion` for a folder."""
+    cifar = cfg.data.get("dataset") is not None
     return WriteOptions(
-        write_mode=str(cfg.write_mode),
+        write_mode=str(cfg.write_mode or ("raw" if cifar else "proportion")),
         max_resolution=None if cfg.max_resolution is None else int(cfg.max_resolution),
         max_side=str(cfg.max_side),
         jpeg_quality=int(cfg.jpeg_quality),

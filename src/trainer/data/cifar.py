@@ -52,6 +52,7 @@ class CifarFormat:
     meta_file: str
     label_key: dict[str, str]  # label type -> key of the labels in a data file
     names_key: dict[str, str]  # label type -> key of the class names in the meta file
+    num_classes: dict[str, int]  # label type -> number of classes (data.num_classes follows data.label_type)
 
     def md5s(self) -> dict[str, str]:
         """The real files' md5 sums, from torchvision (file name -> md5; the archive's under its own name)."""
@@ -72,6 +73,7 @@ FORMATS = {
         "batches.meta",
         {"fine": "labels"},
         {"fine": "label_names"},
+        {"fine": 10},
     ),
     "cifar100": CifarFormat(
         "CIFAR-100",
@@ -82,8 +84,16 @@ FORMATS = {
         "meta",
         {"fine": "fine_labels", "coarse": "coarse_labels"},
         {"fine": "fine_label_names", "coarse": "coarse_label_names"},
+        {"fine": 100, "coarse": 20},
     ),
 }
+
+
+def num_classes(dataset: str, label_type: str) -> int | None:
+    """The class count of `dataset`'s `label_type` labels (the data configs' `${cifar_classes:...}`); None for a
+    data set or label type CIFAR has not, which the data module then refuses with one line."""
+    fmt = FORMATS.get(dataset)
+    return fmt.num_classes.get(label_type) if fmt is not None else None
 
 
 def _md5(data: bytes) -> str:

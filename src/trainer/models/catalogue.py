@@ -72,6 +72,7 @@ class ModelEntry:
     # the paper's CIFAR test errors (%), by protocol: C10 / C100 (no augmentation), C10+ / C100+ (4-px pad, random
     # 32-px crop, flip); empty for networks without a CIFAR result
     cifar_error: Mapping[str, float] = field(default_factory=dict)
+    cifar_params: int = 0  # a CIFAR network's parameters at 10 classes, as its paper counts them (0: no CIFAR result)
     # input defaults that depend on the constructor arguments (compound scaling's resolution): kwargs -> overrides
     data_defaults_from_kwargs: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
@@ -80,6 +81,8 @@ class ModelEntry:
         unknown = set(self.cifar_error) - set(CIFAR_PROTOCOLS)
         if unknown:
             raise ValueError(f"catalogue entry '{self.name}': cifar_error protocols {sorted(unknown)} are not CIFAR's")
+        if bool(self.cifar_error) != bool(self.cifar_params):
+            raise ValueError(f"catalogue entry '{self.name}': a CIFAR result needs cifar_params (10 classes), and back")
         object.__setattr__(self, "cifar_error", MappingProxyType(dict(self.cifar_error)))
 
 

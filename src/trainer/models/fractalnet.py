@@ -460,6 +460,7 @@ CIFAR_ERROR = {
     "fractalnet20_cifar": {"C10": 7.33, "C10+": 4.60, "C100": 28.20, "C100+": 23.73},
     "fractalnet40_cifar": {"C10+": 5.24, "C100+": 22.49},
 }
+CIFAR_PARAMS = {"fractalnet20_cifar": 33_724_618, "fractalnet40_cifar": 76_106_634}  # at 10 classes
 
 for _name, _params, _depth in (("fractalnet20_cifar", 34_232_488, 20), ("fractalnet40_cifar", 76_614_504, 40)):
     register(
@@ -476,6 +477,7 @@ for _name, _params, _depth in (("fractalnet20_cifar", 34_232_488, 20), ("fractal
             protocol="no ImageNet result: CIFAR test error in cifar_error",
             source="own",
             cifar_error=CIFAR_ERROR[_name],
+            cifar_params=CIFAR_PARAMS[_name],
             notes=f"CIFAR network of {_depth} convolutions on the deepest path (params at 1000 classes)",
         )
     )

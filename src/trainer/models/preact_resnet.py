@@ -250,6 +250,7 @@ for _name, _builder, _params in (
 
 # CIFAR-10 / CIFAR-100 test error (%), Table 3 (median of 5 runs; Table 4 repeats them with the parameter counts)
 CIFAR_ERROR = {"preact_resnet164_cifar": (5.46, 24.33), "preact_resnet1001_cifar": (4.92, 22.71)}
+CIFAR_PARAMS = {"preact_resnet164_cifar": 1_703_258, "preact_resnet1001_cifar": 10_327_706}  # at 10 classes
 
 for _name, _params in (("preact_resnet164_cifar", 1_957_688), ("preact_resnet1001_cifar", 10_582_136)):
     _c10, _c100 = CIFAR_ERROR[_name]
@@ -266,6 +267,7 @@ for _name, _params in (("preact_resnet164_cifar", 1_957_688), ("preact_resnet100
             protocol="no ImageNet result: CIFAR test error in notes",
             source="own",
             cifar_error={"C10+": _c10, "C100+": _c100},
+            cifar_params=CIFAR_PARAMS[_name],
             notes=(
                 f"CIFAR network (params at 1000 classes); CIFAR-10 / CIFAR-100 test error {_c10} / {_c100} % "
                 f"(Table 3); runs at any input size, catalogue floor 32"

@@ -183,6 +183,7 @@ def resnet1202_cifar(pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
 # Table 6: CIFAR-10 test error (%) with augmentation (C10+); the paper reports no CIFAR-100 result
 CIFAR_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 PARAMS = {20: 334_072, 32: 528_504, 44: 722_936, 56: 917_368, 110: 1_792_312, 1202: 19_485_624}  # 1000 classes
+CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}  # 10 classes
 
 for _depth in DEPTHS:
     register(
@@ -198,6 +199,7 @@ for _depth in DEPTHS:
             protocol="no ImageNet result: CIFAR test error in cifar_error",
             source="own",
             cifar_error={"C10+": CIFAR_ERROR[_depth]},
+            cifar_params=CIFAR_PARAMS[_depth],
             notes=f"CIFAR network, 6n+2 = {_depth} layers, option-A shortcuts (params at 1000 classes); Table 6",
         )
     )

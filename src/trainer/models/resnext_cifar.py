@@ -140,6 +140,7 @@ CIFAR_ERROR = {
     "resnext29_16x64d_cifar": {"C10+": 3.58, "C100+": 17.31},
 }
 PARAMS = {"resnext29_8x64d_cifar": 35_441_448, "resnext29_16x64d_cifar": 69_169_960}  # at 1000 classes
+CIFAR_PARAMS = {"resnext29_8x64d_cifar": 34_426_698, "resnext29_16x64d_cifar": 68_155_210}  # at 10 classes
 
 for _name, _errors in CIFAR_ERROR.items():
     register(
@@ -155,6 +156,7 @@ for _name, _errors in CIFAR_ERROR.items():
             protocol="no ImageNet result: CIFAR test error in cifar_error",
             source="own",
             cifar_error=_errors,
+            cifar_params=CIFAR_PARAMS[_name],
             notes="CIFAR ResNeXt-29 (params at 1000 classes); Table 7",
         )
     )

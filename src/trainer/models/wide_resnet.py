@@ -163,6 +163,8 @@ _ERROR_NOTES = {
     "wide_resnet40_4_cifar": "without dropout (Table 5: build with drop_rate=0 for that network)",
 }
 
+CIFAR_PARAMS = {"wide_resnet28_10_cifar": 36_479_194, "wide_resnet40_4_cifar": 8_949_210}  # at 10 classes
+
 for _name, _params in (("wide_resnet28_10_cifar", 37_113_784), ("wide_resnet40_4_cifar", 9_203_640)):
     _c10, _c100 = CIFAR_ERROR[_name]
     register(
@@ -178,6 +180,7 @@ for _name, _params in (("wide_resnet28_10_cifar", 37_113_784), ("wide_resnet40_4
             protocol="no ImageNet result: CIFAR test error in notes",
             source="own",
             cifar_error={"C10+": _c10, "C100+": _c100},
+            cifar_params=CIFAR_PARAMS[_name],
             notes=(
                 f"CIFAR network (params at 1000 classes, dropout 0.3 by default); CIFAR-10 / CIFAR-100 test error "
                 f"{_c10} / {_c100} % {_ERROR_NOTES[_name]}; runs at any input size, catalogue floor 32"
