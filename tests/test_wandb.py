@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,12 +52,23 @@ def _history(records: list) -> list[dict]:
     return [_items(r.history.item) for r in records if r.WhichOneof("record_type") == "history"]
 
 
+def _finished_records(path: Path, timeout: float = 60.0) -> list:
+    """The file's records once it holds the run's exit record: wandb's service (a process of its own) may still be
+    writing the file when `wandb.finish()` returns (seen on a loaded machine: a file without its run record yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(read_records(path)) if path.is_file() else []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def _offline_run(run_dir: Path, run_id: str) -> list[tuple[dict, list[dict], list, object]]:
     """(config, history rows, all records, run record) of each offline run of `run_id`, oldest first."""
     dirs = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     runs = []
     for d in dirs:
-        records = list(read_records(d / f"run-{run_id}.wandb"))
+        records = _finished_records(d / f"run-{run_id}.wandb")
         run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
         assert run.run_id == run_id
         config = _items(run.config.update)
