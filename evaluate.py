@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from trainer.cli import prepare, user_errors
+from trainer.engine.distributed import rank_zero_hydra_files
 from trainer.evaluate import evaluate
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -19,5 +20,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    rank_zero_hydra_files()  # ranks > 0 (DDP children) write no .hydra/ or job log
     prepare(CONF_DIR, "eval")
     main()

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.helpers' compose_config: the config as train.py composes it
 
 from tests.helpers import compose_config  # noqa: E402
-from trainer.data.beton import write_from_config  # noqa: E402
+from trainer.data.ffcv import write_from_config  # noqa: E402
 from trainer.train import train  # noqa: E402
 
 

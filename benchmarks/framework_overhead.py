@@ -31,8 +31,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from plain_loop import PlainLoop  # benchmarks/, on the path as this script's folder
 
-from trainer.builders import build_datamodule, fill_data_defaults
+from trainer.builders import build_datamodule
 from trainer.cli import prepare
+from trainer.resolve import resolve_config
 from trainer.train import train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -128,8 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = [*BENCH_OVERRIDES, *args.overrides]
     threads = torch.get_num_threads()  # torch's default, set again before each side in case anything changed it
     prepare(CONF_DIR, "train", overrides)  # as train.py: register the models, a bad override exits with one line
-    cfg = compose_config(overrides)
-    fill_data_defaults(cfg)  # data.resolution may come from the model
+    cfg = resolve_config(compose_config(overrides))  # data.resolution may come from the model
     print(
         f"model {cfg.model.name}, global batch {cfg.data.batch_size}, {cfg.data.resolution} px, "
         f"data {cfg.data.root}, num_workers {cfg.data.num_workers}, torch {torch.__version__} "

@@ -261,7 +261,7 @@ def _side(name: str, spec: dict, conn) -> None:
         else:
             from trainer.config import register_configs
 
-            register_configs([])
+            register_configs()
             loader = our_loader(spec["root"], spec["beton"], spec["val"], spec["workers"], spec["batch"], device)
             if name == FRESH:  # ffcv's allocation: new buffers for every epoch
                 from ffcv.pipeline.graph import Graph
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda: no CUDA device here", file=sys.stderr)
         return 2
 
-    from trainer.data.beton import WriteOptions, require_ffcv, write_beton
+    from trainer.data.ffcv import WriteOptions, require_ffcv, write_beton
     from trainer.data.folder import validate_layout
 
     require_ffcv("benchmarks/loaders.py")

@@ -34,10 +34,11 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig
 from plain_loop import PlainLoop, Timed, synchronize
 
-from trainer.builders import build_datamodule, build_model, build_module, build_trainer, fill_data_defaults
+from trainer.builders import build_datamodule, build_model, build_module, build_trainer
 from trainer.cli import prepare
 from trainer.engine.fast_paths import on_cuda, resolve_switch
 from trainer.models.complexity import count_macs, meta_model
+from trainer.resolve import resolve_config
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODELS = ("resnet50", "resnet18", "efficientnet_b0", "densenet121", "mobilenet_v2", "vgg16")
@@ -292,8 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     env: dict[str, Any] = {}
     for model, batch_size in itertools.product(models, batch_sizes):
-        cfg = compose_config([*overrides, f"model={model}", f"data.batch_size={batch_size}"])
-        fill_data_defaults(cfg)
+        cfg = resolve_config(compose_config([*overrides, f"model={model}", f"data.batch_size={batch_size}"]))
         device = torch.device("cuda", 0) if on_cuda(cfg) else torch.device("cpu")
         if not env:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -1,24 +1,28 @@
 #!/usr/bin/env python
 """Export a checkpoint and upload it to the Hugging Face Hub: `python scripts/publish.py ckpt=<path>
-repo_id=<org/name> [private=true] [out=<dir>] [overwrite=true] [weights=auto|raw|ema] [license=<id>] [--dry-run]`.
+repo_id=<org/name> [private=true] [out=<dir>] [overwrite=true] [weights=raw|ema] [license=<id>] [dry_run=true]`
+(options in conf/publish.yaml; trainer.hub and docs/hub.md).
 
-The token comes from HF_TOKEN or `hf auth login` and is never written anywhere; --dry-run lists the files
+The token comes from HF_TOKEN or `hf auth login` and is never written anywhere; dry_run=true lists the files
 and their sizes and uploads nothing."""
 
-import sys
+from pathlib import Path
 
-from trainer.cli import user_errors
-from trainer.hub import parse_args, publish
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.cli import prepare, user_errors
+from trainer.hub import publish
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="publish", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        publish(**OmegaConf.to_container(cfg))
+
 
 if __name__ == "__main__":
-    optional = {
-        "private": False,
-        "dry_run": False,
-        "out": None,
-        "overwrite": False,
-        "weights": "auto",
-        "license": "apache-2.0",
-    }
-    with user_errors():
-        args = parse_args(sys.argv[1:], ("ckpt", "repo_id"), optional)
-        publish(args.pop("ckpt"), args.pop("repo_id"), **args)
+    prepare(CONF_DIR, "publish")
+    main()

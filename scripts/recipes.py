@@ -34,7 +34,7 @@ def compose_recipe(name: str, overrides: list[str] | None = None) -> DictConfig:
     """The config `python train.py recipe=<name> model=<its paper's model>` runs with."""
     model = OmegaConf.load(ROOT / "recipes" / f"{name}.yaml").recipe_info.model
     args = [f"recipe={name}", f"model={model}", *(overrides or [])]
-    register_configs(args)
+    register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=args)
 

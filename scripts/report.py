@@ -182,7 +182,7 @@ def run_rows(run: Path) -> list[dict[str, Any]]:
         data = json.loads(path.read_text())
         if "protocol" in data and not path.stem.endswith("_confusion"):
             evaluations.append(data)
-    # evaluate.py also writes the centre-crop result under its older name, eval_<split>.json: count it once
+    # runs evaluated by older versions also hold the centre-crop result as eval_<split>.json: count it once
     unique = {(e["protocol"], e.get("split"), e.get("ckpt_sha256"), e.get("weights")): e for e in evaluations}
     sources = list(unique.values()) or [dict(results, protocol="center")]
     return [

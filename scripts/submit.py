@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     points = sweep_points(overrides)
     try:
         for point in points:
-            register_configs(point)
+            register_configs()
             check_overrides(ROOT / "conf", "train", point)
     except UserError as e:
         print(f"error: {e.one_line()}", file=sys.stderr)

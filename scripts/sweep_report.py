@@ -26,9 +26,10 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.builders import fill_data_defaults
 from trainer.errors import DataError, UserError
+from trainer.io import atomic_write, atomic_write_text
 from trainer.models.complexity import count_macs, meta_model
+from trainer.resolve import resolve_config
 from trainer.sweeps import is_finite, multipliers, read_outcome
 
 COMPOUND_COLUMNS = (
@@ -71,8 +72,7 @@ def _overrides(job: Path) -> dict[str, str]:
 def _measure(cfg: DictConfig) -> dict[str, Any]:
     """Resolution, blocks and MACs of the job's network as built (meta device: shapes only, nothing allocated)."""
     try:
-        OmegaConf.resolve(cfg)
-        fill_data_defaults(cfg)
+        cfg = resolve_config(cfg)
         kwargs = dict(cfg.model.get("kwargs") or {})
         net = meta_model(cfg.model.name, num_classes=int(cfg.data.get("num_classes") or 1000), **kwargs)
         blocks = sum(len(stage) for stage in net.blocks) if hasattr(net, "blocks") else None
@@ -154,10 +154,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_report(sweep_dir: Path, out: Path | None = None) -> tuple[list[dict[str, Any]], Path]:
@@ -167,21 +166,13 @@ def write_report(sweep_dir: Path, out: Path | None = None) -> tuple[list[dict[st
     base.parent.mkdir(parents=True, exist_ok=True)
     md = base.with_suffix(".md")
     text = markdown(rows, columns)
-    _atomic_text(md, text)
-    tmp = base.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    atomic_write_text(md, text)
+    with atomic_write(base.with_suffix(".csv"), newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(base.with_suffix(".csv"))
     plot(rows, base.with_suffix(".png"))
     return rows, md
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:

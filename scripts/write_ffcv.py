@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from trainer.cli import prepare, user_errors
-from trainer.data.beton import write_from_config
+from trainer.data.ffcv import write_from_config
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

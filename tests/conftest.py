@@ -3,6 +3,8 @@ once per session into a temporary cache."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -34,8 +36,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     unit (no training), integration (train(cfg) / evaluate(cfg) in process), system (command line, subprocesses, DDP,
     SLURM, FFCV end to end). A test with none or with two is a usage error naming it.
 
-    Tests that use the real SLURM cluster share one pytest-xdist group, so under `-n` they run on one worker, one after
-    another, against the one cluster that worker starts."""
+    Tests that use the real SLURM cluster are marked for one pytest-xdist group (one worker, one after another). Under
+    pytest 9.2 pytest-xdist 3.8 cannot apply it (docs/development.md): they run on either worker, on one cluster."""
     tiers = {item.nodeid: [t for t in TIERS if item.get_closest_marker(t)] for item in items}
     if both := [node for node, found in tiers.items() if len(found) > 1]:
         raise pytest.UsageError(f"tests with more than one of the markers {', '.join(TIERS)}: {', '.join(both[:10])}")
@@ -94,6 +96,7 @@ def slurm_cluster() -> Iterator[str]:
 class TrainedRun(NamedTuple):
     run_dir: Path
     results: dict[str, Any]
+    printed_config: str  # what `print_config=true` printed
 
     @property
     def ckpt(self) -> Path:
@@ -114,7 +117,11 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, sampl
         f"trainer.max_epochs={TRAINED_RUN_EPOCHS}",
         f"trainer.limit_train_batches={TRAINED_RUN_BATCHES}",
         "ema.decay=0.9",
+        "print_config=true",
     ]
     from trainer.train import train  # imported here: Lightning loads only for sessions that train
 
-    return TrainedRun(run_dir, train(compose_config(overrides)))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        results = train(compose_config(overrides))
+    return TrainedRun(run_dir, results, printed.getvalue())

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -22,9 +23,28 @@ PYTHON = sys.executable
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
     """The config train.py / evaluate.py would run with these command-line overrides."""
-    register_configs(overrides)
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name, overrides=list(overrides))
+
+
+def slow_unless(values: Sequence, fast: set) -> list:
+    """Parametrize values for a check run per network: those in `fast` as they are, the others marked `slow`, so
+    `make test-fast` runs the check on a few networks and `make test` (CI) on all of them."""
+    assert set(fast) <= set(values), f"not among the values: {sorted(set(fast) - set(values))}"
+    return [v if v in fast else pytest.param(v, marks=pytest.mark.slow) for v in values]
+
+
+def lightest_per_family(names: Sequence[str]) -> set[str]:
+    """The catalogue entry with the fewest parameters in each family among `names`."""
+    from trainer.models import get_entry
+
+    lightest: dict[str, str] = {}
+    for name in names:
+        family = get_entry(name).family
+        if family not in lightest or get_entry(name).params < get_entry(lightest[family]).params:
+            lightest[family] = name
+    return set(lightest.values())
 
 
 def tiny_overrides(run_dir: Path, cache_dir: Path) -> list[str]:

@@ -333,7 +333,7 @@ def test_padding_crop_statistics(cifar10_root: Path, tmp_path: Path) -> None:
     0..8, so the padding covers E|U - 4| = 20/9 rows (and columns) on average and 1 - (1 - 20/288)^2 of the pixels;
     no shift at all on an axis has probability 1/9; half the images are mirrored."""
     module = _datamodule(tmp_path, "cifar10", cifar10_root, "augment=cifar")
-    transform = module.train_transform()
+    transform = module.train_set.transform  # what the training loader applies
     from PIL import Image
 
     ramp = np.tile(np.linspace(60, 250, 32).astype(np.uint8)[None, :, None], (32, 1, 3))  # left dark, right bright
@@ -354,7 +354,7 @@ def test_padding_crop_statistics(cifar10_root: Path, tmp_path: Path) -> None:
     assert unshifted_rows / trials == pytest.approx(1 / 9, abs=0.025)
     assert flipped / trials == pytest.approx(0.5, abs=0.04)
     # augment=none: the image as it is, normalised
-    plain = _datamodule(tmp_path, "cifar10", cifar10_root, "augment=none").train_transform()(image)
+    plain = _datamodule(tmp_path, "cifar10", cifar10_root, "augment=none").train_set.transform(image)
     assert torch.allclose(plain[0, 0], torch.tensor((ramp[0, :, 0] / 255 - mean[0]) / std[0], dtype=torch.float32))
 
 
@@ -477,7 +477,7 @@ needs_ffcv = pytest.mark.skipif(importlib.util.find_spec("ffcv") is None, reason
 @pytest.mark.slow  # ffcv's numba compilation of the pipelines: about a minute on 2 shared cores
 @needs_ffcv
 def test_ffcv_files_written_from_the_archive_hold_its_pixels_and_labels(cifar10_root: Path, tmp_path: Path) -> None:
-    from trainer.data.beton import check_beton, write_from_config
+    from trainer.data.ffcv import check_beton, write_from_config
 
     for split in ("train", "val"):
         cfg = compose_config(
@@ -525,7 +525,7 @@ def test_ffcv_files_written_from_the_archive_hold_its_pixels_and_labels(cifar10_
 def test_write_ffcv_stores_cifar_as_raw_pixels_by_default(cifar10_root: Path) -> None:
     """`scripts/write_ffcv.py data=cifar10 split=train` alone writes raw pixels (a JPEG would change the images the
     papers train on); a folder keeps FFCV's ImageNet default, and write_mode= still chooses."""
-    from trainer.data.beton import write_options
+    from trainer.data.ffcv.convert import write_options
 
     def options(*overrides: str):
         return write_options(compose_config(["split=train", *overrides], config_name="write_ffcv"))
@@ -578,6 +578,7 @@ def _finished_run(run: Path, overrides: list[str], top1: float = 90.0) -> Path:
 
 
 @pytest.mark.unit
+@pytest.mark.slow
 def test_report_compares_a_cifar_run_with_the_figure_of_the_recipe_it_ran(tmp_path: Path) -> None:
     """resnet110_cifar trained with recipe=stochastic_depth_cifar is Huang et al.'s experiment (5.25 % on C10+), not
     He et al.'s (6.43 %); the figure is the run's protocol's, from the run's saved config.yaml."""

@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from omegaconf.errors import ReadonlyConfigError
 
 from tests.helpers import CONF_DIR, ROOT, compose_config
 from trainer.builders import build_datamodule, build_model, build_trainer, effective_lr
+from trainer.cli import check_overrides, prepare
+from trainer.config import MOVED_KEYS, register_configs
+from trainer.errors import ConfigError
 from trainer.models import get_entry
+from trainer.resolve import resolve_config
 
 GROUPS = ("data", "augment", "optim", "sched", "trainer", "logger", "callbacks", "paths")
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
@@ -451,10 +459,76 @@ def test_recipe_composes_instantiates_and_matches_the_paper(recipe: str, tiny_cf
 @pytest.mark.unit
 def test_model_defaults_flow_into_data(tiny_cfg) -> None:
     cfg = tiny_cfg("model=alexnet", "data=imagefolder", "data.root=/nowhere")
-    build_datamodule(cfg)
-    assert (cfg.data.resolution, cfg.data.crop_ratio, cfg.data.interpolation) == (224, 0.875, "bilinear")
-    assert cfg.data.mean == pytest.approx([0.485, 0.456, 0.406])
+    resolved = resolve_config(cfg)
+    assert (resolved.data.resolution, resolved.data.crop_ratio, resolved.data.interpolation) == (224, 0.875, "bilinear")
+    assert resolved.data.mean == pytest.approx([0.485, 0.456, 0.406])
+    datamodule = build_datamodule(cfg)  # resolves the same, into a copy: the given config is not written into
+    assert (datamodule.resolution, datamodule.crop_ratio, datamodule.interpolation) == (224, 0.875, "bilinear")
+    assert cfg.data.resolution is None and cfg.data.mean is None
+    with pytest.raises(ReadonlyConfigError):
+        resolved.data.resolution = 160
     # an explicit value wins over the model's
     cfg = tiny_cfg("model=alexnet", "data=imagefolder", "data.root=/nowhere", "data.resolution=160")
-    build_datamodule(cfg)
-    assert cfg.data.resolution == 160
+    assert resolve_config(cfg).data.resolution == build_datamodule(cfg).resolution == 160
+
+
+@pytest.mark.unit
+def test_a_config_saved_before_the_augment_keys_moved_still_resolves() -> None:
+    """An older checkpoint's config: the data set's crop range and flip under `data`, null in the augment group."""
+    old = OmegaConf.to_container(compose_config(["data=sample"]))
+    old["data"].update(train_scale=[0.35, 1.0], train_ratio=[0.75, 1.25], hflip=0.0)
+    old["augment"].update(scale=None, ratio=None, hflip=0.5)  # an explicit augment value stays
+    resolved = resolve_config(OmegaConf.create(old))
+    assert not {"train_scale", "train_ratio", "hflip"} & set(resolved.data)
+    assert (resolved.augment.scale, resolved.augment.ratio, resolved.augment.hflip) == ([0.35, 1.0], [0.75, 1.25], 0.5)
+    assert build_datamodule(resolved).train_augment()["scale"] == [0.35, 1.0]
+
+
+@pytest.mark.unit
+def test_augment_option_command_line_then_recipe_then_data_set() -> None:
+    """The augment group alone holds the crop range and flip; a data set chooses its own option
+    (conf/data/imagefolder.yaml), a recipe's choice wins over it and the command line's over both."""
+
+    def augment(*overrides: str) -> dict:
+        return OmegaConf.to_container(compose_config(overrides).augment)
+
+    # Szegedy et al. 2015, Sec. 6: 8-100% of the area, aspect 3/4-4/3; flipped half the time
+    imagenet = augment("data=imagenet")
+    assert imagenet["crop"] == "random_resized" and imagenet["hflip"] == 0.5
+    assert imagenet["scale"] == [0.08, 1.0] and imagenet["ratio"] == pytest.approx([3 / 4, 4 / 3])
+    assert augment("data=imagenet_ffcv") == augment("data=cifar10") == augment("data=cifar100_ffcv") == imagenet
+    for data in ("sample", "sample_ffcv"):  # the digits: crops of at least 35% of the area, never mirrored
+        assert augment(f"data={data}") == {**imagenet, "scale": [0.35, 1.0], "hflip": 0.0}
+    assert augment("augment=imagenet") == imagenet  # the command line over the data set
+    resnet = augment("recipe=resnet")  # a recipe over the data set: He et al. 2016, Sec. 3.4, on the digits
+    assert resnet["crop"] == "scale_jitter" and resnet["jitter_sizes"] == [256, 480] and resnet["hflip"] == 0.5
+    assert augment("recipe=resnet", "augment=none")["crop"] == "none"  # the command line over the recipe
+    assert augment("recipe=resnet", "augment.hflip=0.0")["hflip"] == 0.0
+    for data in ("sample", "imagenet", "cifar10", "sample_ffcv"):
+        assert not {"train_scale", "train_ratio", "hflip"} & set(compose_config([f"data={data}"]).data), data
+    for old, new in MOVED_KEYS.items():  # the old data-level keys on the command line: one line naming the new key
+        with pytest.raises(ConfigError, match=rf"^'{old}' is now '{new}'") as e:
+            check_overrides(CONF_DIR, "train", [f"{old}=0.5"])
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.unit
+def test_timm_models_are_options_wherever_hydra_composes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`model=timm/<name>` with nothing registered for the name (hydra_plugins.trainer_models answers on demand):
+    through Hydra's compose API, from a recipe's and a sweep file's defaults list, and as a sweep's values."""
+    for group, name in (("recipe", "resnet14t"), ("sweep", "resnet26t")):
+        (tmp_path / group).mkdir()
+        (tmp_path / group / "timm_test.yaml").write_text(
+            f"# @package _global_\ndefaults:\n  - override /model: timm/{name}\n"
+        )
+    register_configs()
+    assert "timm" not in ConfigStore.instance().repo["model"]
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        assert compose("train", overrides=["model=timm/resnet10t"]).model.name == "timm/resnet10t"
+        assert compose("train", overrides=[searchpath, "recipe=timm_test"]).model.name == "timm/resnet14t"
+        assert compose("train", overrides=[searchpath, "sweep=timm_test"]).model.name == "timm/resnet26t"
+        with pytest.raises(MissingConfigException, match="model/timm/resnet81"):
+            compose("train", overrides=["model=timm/resnet81"])
+    prepare(CONF_DIR, "train", ["-m", "model=timm/resnet10t,timm/resnet14t"])  # composes each value
+    assert capsys.readouterr().err == ""

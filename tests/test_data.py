@@ -235,6 +235,7 @@ def test_corrupt_image_is_skipped_and_counted(corrupt_root: Path, num_workers: i
 
 
 @pytest.mark.unit
+@pytest.mark.slow
 def test_skip_count_reaches_the_parent_from_spawned_workers(corrupt_root: Path) -> None:
     # Spawned workers (macOS, ddp_spawn) get the counter by pickling, not by fork inheritance.
     datamodule = _datamodule(corrupt_root, batch_size=8, skip_bad_images=True)
@@ -274,12 +275,14 @@ def test_skip_counter_survives_pickling(corrupt_root: Path) -> None:
 
 
 @pytest.mark.unit
-def test_transform_output_shapes_and_no_extra_augmentation(tmp_path: Path) -> None:
-    datamodule = _datamodule(tmp_path, resolution=40)
+def test_transform_output_shapes_and_no_extra_augmentation(sample_root: Path) -> None:
+    datamodule = _datamodule(sample_root, resolution=40)
+    datamodule.setup("fit")
+    train = datamodule.train_set.transform  # what the training loader applies
     image = Image.new("RGB", (64, 48), (10, 120, 240))
-    assert datamodule.train_transform()(image).shape == (3, 40, 40)
-    assert datamodule.val_transform()(image).shape == (3, 40, 40)
-    stages = [type(t) for t in datamodule.train_transform().transforms]
+    assert train(image).shape == (3, 40, 40)
+    assert datamodule.val_set.transform(image).shape == (3, 40, 40)
+    stages = [type(t) for t in train.transforms]
     assert transforms.ColorJitter not in stages
     assert transforms.RandomErasing not in stages
     assert not any("Erasing" in t.__name__ or "AutoAugment" in t.__name__ for t in stages)
@@ -392,7 +395,6 @@ def _photo(width: int = 400, height: int = 300, seed: int = 0):
 
 def _augment(**overrides):
     base = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "augment" / "imagenet.yaml"))
-    base.update(scale=[0.08, 1.0], ratio=[0.75, 4 / 3], hflip=0.5)
     base.update(overrides)
     return base
 
@@ -494,10 +496,13 @@ def test_bad_augment_values_name_the_key() -> None:
 
 
 @pytest.mark.unit
-def test_recipe_augment_wins_over_the_data_sets_own(tiny_cfg) -> None:
-    cfg = tiny_cfg("augment=alexnet")
-    datamodule = build_datamodule(cfg)
-    merged = datamodule.train_augment()
-    assert merged["crop"] == "center_random" and merged["hflip"] == 0.5 and merged["lighting_std"] == 0.1
-    plain = build_datamodule(tiny_cfg()).train_augment()
-    assert plain["hflip"] == cfg.data.hflip == 0.0 and plain["scale"] == tuple(cfg.data.train_scale)
+def test_data_module_trains_with_the_augment_group_alone(tiny_cfg, tmp_path: Path) -> None:
+    chosen = build_datamodule(tiny_cfg("augment=alexnet")).train_augment()
+    assert chosen["crop"] == "center_random" and chosen["hflip"] == 0.5 and chosen["lighting_std"] == 0.1
+    digits = build_datamodule(tiny_cfg()).train_augment()  # data=sample's own option: 35-100% of the area, no flip
+    assert digits["crop"] == "random_resized" and digits["scale"] == [0.35, 1.0] and digits["hflip"] == 0.0
+    # built without an augment config (in Python): ImageNet's crop and flip, the augment group's default option
+    default = _datamodule(tmp_path).train_augment()
+    assert default == {"crop": "random_resized", "scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3), "hflip": 0.5}
+    yaml = OmegaConf.load(CONF_DIR / "augment" / "imagenet.yaml")
+    assert (yaml.crop, tuple(yaml.scale), tuple(yaml.ratio), yaml.hflip) == tuple(default.values())

@@ -1,10 +1,12 @@
-"""DDP on CPU (gloo, 2 processes as subprocesses of `python train.py`): exact distributed evaluation, rank-0-only
-files, worker-count-independent data, the device and node checks, and resume falling back past a bad checkpoint."""
+"""DDP on CPU (gloo, 2 processes as subprocesses of `python train.py` / `python evaluate.py`): exact distributed
+validation and evaluation, rank-0-only files, worker-count-independent data, the device and node checks, and resume
+falling back past a bad checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,10 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from tests.helpers import (
+    PYTHON,
+    ROOT,
     compose_config,
+    copy_run,
     data_overrides,
     ddp_args,
     odd_val_root,
@@ -132,6 +137,33 @@ def test_ddp_val_top1_equals_single_process_evaluation(cache_dir: Path, sample_r
     # and the value is over 359 images: a count over 360 (one padded in twice) could not give it
     correct = round(results["top1"] * 359 / 100)
     assert results["top1"] == pytest.approx(100 * correct / 359, abs=1e-4)
+
+
+@pytest.mark.system
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["center", "ten_crop"])
+def test_evaluation_on_two_processes_equals_one(
+    trained_run, cache_dir: Path, sample_root: Path, tmp_path: Path, protocol
+):
+    """`evaluate.py ... trainer.devices=2` on a 359-image val set: each process scores its share, and the results are
+    one process's (every image once: the count, the per-class counts), raw and EMA weights alike."""
+    root = odd_val_root(sample_root, tmp_path / "data")
+    ckpt = copy_run(trained_run.run_dir, tmp_path / "run", checkpoints_only=True) / "checkpoints" / "last.ckpt"
+    given = [f"ckpt={ckpt}", *data_overrides(root), f"eval.protocol={protocol}", "trainer.enable_progress_bar=false"]
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", f"eval.out={tmp_path}/ddp.json"]
+    command = [PYTHON, str(ROOT / "evaluate.py"), *given, *ddp]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "ddp.json").read_text())
+    overrides = [*given, f"eval.out={tmp_path}/single.json"]
+    one = evaluate(compose_config([*tiny_overrides(tmp_path / "eval", cache_dir), *overrides], "eval"), overrides)
+    assert one["images"] == two["images"] == 359
+    for key in ("top1", "top5", "top1_ema", "top5_ema", "per_class_top1"):
+        assert two[key] == one[key], key
+    for key in ("loss", "loss_ema"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+    confusion = [(tmp_path / f"{name}_confusion.csv").read_text() for name in ("ddp", "single")]
+    assert confusion[0] == confusion[1]
 
 
 @pytest.mark.integration

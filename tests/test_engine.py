@@ -1,5 +1,5 @@
 """The training machinery on its own: losses with auxiliary heads, weight-decay groups, lr scaling, schedules
-against their closed forms, atomic checkpoint writes."""
+against their closed forms, atomic writes, the checkpoint reader's policy and the raw / EMA weight choice."""
 
 from __future__ import annotations
 
@@ -19,7 +19,17 @@ from trainer.engine import (
     param_groups,
     scale_lr,
 )
-from trainer.errors import ConfigError
+from trainer.errors import CheckpointError, ConfigError
+from trainer.io import (
+    _umask,
+    atomic_folder,
+    atomic_write,
+    atomic_write_text,
+    model_weights,
+    read_checkpoint,
+    select_weights,
+    strip_prefixes,
+)
 from trainer.models import create_model
 
 
@@ -304,6 +314,57 @@ def test_failed_checkpoint_write_keeps_last_good_file(tmp_path) -> None:
         atomic_torch_save({"epoch": 2, "w": torch.zeros(1000), "bad": _Unpicklable()}, path)
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left behind
+
+
+@pytest.mark.unit
+def test_failed_file_or_folder_write_keeps_the_previous_one(tmp_path) -> None:
+    path = tmp_path / "results.json"
+    atomic_write_text(path, "old\n")
+    with pytest.raises(RuntimeError, match="half-way"), atomic_write(path) as f:
+        f.write("new, cut short")
+        raise RuntimeError("half-way")
+    assert path.read_text() == "old\n" and oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    folder = tmp_path / "export"
+    with atomic_folder(folder) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError, match="half-way"), atomic_folder(folder, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("second")
+        raise RuntimeError("half-way")
+    assert [p.name for p in folder.iterdir()] == ["a.txt"]
+    with pytest.raises(OSError), atomic_folder(folder) as tmp:  # a full folder is replaced only with overwrite
+        (tmp / "b.txt").write_text("second")
+    with atomic_folder(folder, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert [p.name for p in folder.iterdir()] == ["b.txt"]
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # mkdtemp's would be 0o700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "results.json"]  # no temporary left behind
+
+
+@pytest.mark.unit
+def test_checkpoint_reading_policy_and_weight_choice(tmp_path) -> None:
+    """One reader refuses pickled objects in a train.py checkpoint as in a foreign weights file; raw / ema name the
+    checkpoint's two sets of weights, whose keys lose their wrapper prefixes (torch.compile's too) once."""
+    w = torch.ones(1)
+    state = {"model.fc.w": w, "model._orig_mod.model.w": w, "ema.module.fc.w": w, "ema.module._orig_mod.fc.b": w}
+    assert set(model_weights(state, "raw")) == {"fc.w", "model.w"}  # a backbone's own `model` submodule stays
+    assert set(model_weights(state, "ema")) == {"fc.w", "fc.b"}
+    wrapped = {"module.model._orig_mod.x": w, "y": w}  # DDP, a LightningModule, torch.compile: in any order
+    assert set(strip_prefixes(wrapped, ("model.", "module.", "_orig_mod."))) == {"x", "y"}
+    assert select_weights(None, True, key="eval.weights", path="c") == ["raw", "ema"]
+    assert select_weights(None, False, key="eval.weights", path="c") == ["raw"]
+    assert select_weights("ema", True, key="weights", path="c") == ["ema"]
+    with pytest.raises(ConfigError, match="weights='auto' is not one of raw, ema"):
+        select_weights("auto", True, key="weights", path="c")
+    with pytest.raises(CheckpointError, match="weights=ema: checkpoint 'c' has no EMA weights"):
+        select_weights("ema", False, key="weights", path="c")
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": state, "trainer_config": {"run_dir": tmp_path}}, pickled)  # a Path: a pickled object
+    with pytest.raises(CheckpointError, match="holds pickled Python objects .*pathlib"):
+        read_checkpoint(pickled)
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": state}, bare)
+    with pytest.raises(CheckpointError, match="has no saved config"):
+        read_checkpoint(bare)
 
 
 @pytest.mark.unit

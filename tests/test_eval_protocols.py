@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.helpers import compose_config, copy_run, tiny_overrides
 from trainer.errors import CheckpointError, ConfigError
 from trainer.eval import FullyConvolutional, Protocol, fully_convolutional, score_scales, score_views, ten_crop
 from trainer.eval.views import googlenet_crops
-from trainer.evaluate import evaluate
+from trainer.evaluate import eval_config, evaluate
 from trainer.models import create_model
 from trainer.models.complexity import meta_model
+from trainer.resolve import resolve_config
 
 
 class ToyModel(nn.Module):
@@ -129,6 +131,33 @@ def test_globally_pooled_and_conv_mlp_heads_are_used_as_they_are() -> None:
     for name in ("vgg16", "resnet18"):
         model = meta_model(name)
         assert fully_convolutional(model) is model
+
+
+@pytest.mark.unit
+def test_eval_config_is_the_checkpoints_on_this_machine_resolved_once(tmp_path: Path, cache_dir: Path) -> None:
+    """The checkpoint's config, with one device unless asked for more (the run's devices were the training machine's),
+    mixed precision only on a GPU, the command line's keys and eval.* over it; read-only from then on."""
+    trained = [*tiny_overrides(tmp_path / "run", cache_dir), "trainer=ddp", "trainer.devices=8"]
+    trained += ["trainer.accelerator=gpu", "trainer.precision=bf16-mixed", "model.init_from=/weights.pt"]
+    checkpoint = {"trainer_config": OmegaConf.to_container(resolve_config(compose_config(trained)))}
+    given = [
+        f"ckpt={tmp_path}/run/checkpoints/last.ckpt",
+        "data.batch_size=32",
+        "eval.split=train",
+        "eval.resolution=48",
+    ]
+    cfg = eval_config(compose_config(given, "eval"), checkpoint, given)
+    assert OmegaConf.is_readonly(cfg)
+    gpu = torch.cuda.is_available()
+    machine = ("gpu", "bf16-mixed") if gpu else ("cpu", "32-true")
+    assert (cfg.trainer.accelerator, cfg.trainer.precision) == machine
+    assert (cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.strategy) == (1, 1, "auto")
+    assert (cfg.data.batch_size, cfg.data.val_split, cfg.data.resolution) == (32, "train", 48)
+    assert cfg.model.init_from is None and cfg.callbacks is None and cfg.logger is None
+    assert cfg.run_dir == str((tmp_path / "run").resolve()) and cfg.eval.split == "train"
+    more = [*given, "trainer.devices=2", "trainer.strategy=ddp"]
+    cfg = eval_config(compose_config(more, "eval"), checkpoint, more)
+    assert (cfg.trainer.devices, cfg.trainer.strategy) == (2, "ddp")
 
 
 # -- end to end on a tiny real run ------------------------------------------------------------------------------

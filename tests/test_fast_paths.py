@@ -227,7 +227,8 @@ def test_switches_default_on_with_cuda_only(tiny_cfg, monkeypatch) -> None:
     model = build_model(cfg, num_classes=10)
     module = build_module(cfg, model, [str(i) for i in range(10)])
     assert not model.conv1.weight.is_contiguous(memory_format=torch.channels_last) and not is_compiled(model)
-    assert cfg.compile is False and module.config["compile"] is False  # the run records what was decided
+    assert module.config["compile"] is False and module.config["model"]["channels_last"] is False  # as decided
+    assert cfg.compile is None and cfg.model.channels_last is None  # the caller's config is not written into
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     gpu = tiny_cfg("trainer.accelerator=auto")
@@ -279,6 +280,7 @@ def test_default_optimizer_steps_with_foreach_on_cpu() -> None:
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_bad_step_impl_exits_2_with_one_line(tmp_path, cache_dir, sample_root) -> None:
     from tests.helpers import tiny_overrides
 

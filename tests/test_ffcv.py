@@ -142,8 +142,9 @@ def sample_ffcv(betons, cache_dir: Path):
 
 @pytest.mark.unit
 def test_sample_ffcv_keeps_the_sample_sets_values() -> None:
-    sample = compose_config(["data=sample"]).data
-    ffcv = compose_config(["data=sample_ffcv"]).data
+    sample, sample_ffcv = compose_config(["data=sample"]), compose_config(["data=sample_ffcv"])
+    assert sample_ffcv.augment == sample.augment  # the digits' own crop range and flip (augment=digits)
+    sample, ffcv = sample.data, sample_ffcv.data
     for key, value in sample.items():
         if key not in ("_target_", "pin_memory", "persistent_workers"):
             assert ffcv[key] == value, key
@@ -154,6 +155,7 @@ def test_sample_ffcv_keeps_the_sample_sets_values() -> None:
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_ffcv_missing_is_one_line_saying_what_to_install(tmp_path: Path, cache_dir: Path) -> None:
     shim = tmp_path / "shim"
     shim.mkdir()
@@ -188,7 +190,8 @@ def test_missing_files_are_one_line(tmp_path: Path, cache_dir: Path) -> None:
 @pytest.mark.unit
 @needs_ffcv
 def test_the_sample_set_round_trips(betons, sample_root: Path) -> None:
-    from trainer.data.beton import _read_layout, check_beton, sidecar_path
+    from trainer.data.ffcv import check_beton, sidecar_path
+    from trainer.data.ffcv.format import read_layout
 
     classes = validate_layout(sample_root)
     for split, path in zip(("train", "val"), betons, strict=True):
@@ -197,7 +200,7 @@ def test_the_sample_set_round_trips(betons, sample_root: Path) -> None:
         assert info.classes == classes == [str(d) for d in range(10)]
         assert info.num_images == info.num_samples == len(folder) == {"train": 1437, "val": 360}[split]
         assert info.skipped == [] and info.write["write_mode"] == "raw"
-        labels = _read_layout(path)[2]["f1"]
+        labels = read_layout(path)[2]["f1"]
         assert labels.tolist() == [label for _, label in folder.samples]  # same order, same labels
         index = json.loads(sidecar_path(path).read_text())
         assert index["classes"] == classes and index["split"] == split
@@ -206,6 +209,7 @@ def test_the_sample_set_round_trips(betons, sample_root: Path) -> None:
 
 @pytest.mark.unit
 @needs_ffcv
+@pytest.mark.slow
 def test_loaders_count_label_and_shape_like_the_folder_loader(sample_ffcv) -> None:
     sample_root = Path(sample_ffcv.root)
     classes = validate_layout(sample_root)
@@ -230,7 +234,7 @@ def test_loaders_count_label_and_shape_like_the_folder_loader(sample_ffcv) -> No
 def test_cpu_pipeline_normalises_before_to_tensor(sample_ffcv) -> None:
     from ffcv.transforms import ToTensor, ToTorchImage
 
-    from trainer.data.ffcv_ops import ExactNormalize
+    from trainer.data.ffcv.ops import ExactNormalize
 
     ops = [type(op) for op in sample_ffcv._pipelines(False, torch.device("cpu"))["image"]]
     assert ops[1:] == [ExactNormalize, ToTensor, ToTorchImage]  # ffcv 1.0.2's planner hangs on the other order
@@ -249,8 +253,38 @@ def test_val_inputs_are_the_folder_loaders_bit_for_bit(sample_ffcv, cache_dir: P
     assert torch.equal(ffcv_images, folder_images)
 
 
+@pytest.mark.unit
+@needs_ffcv
+def test_eval_loader_reads_the_files_then_the_folders(sample_ffcv, cache_dir: Path, tmp_path: Path) -> None:
+    """evaluate.py's data (prepare_eval, eval_dataloader): eval.split=val reads the val file, the training split the
+    training file, any other split is a one-line error; a protocol with views of its own reads `root/<split>` as the
+    folder loader does, and names the folder where it is missing."""
+    from trainer.eval import Protocol
+    from trainer.eval.protocols import collate_views
+
+    def module(*extra: str):
+        overrides = ["data=sample_ffcv", f"paths.cache_dir={cache_dir}", *SAMPLE_36, *BETONS_36, *extra]
+        return build_datamodule(compose_config([*overrides, "data.num_workers=0"]))
+
+    with pytest.raises(ConfigError, match=r"eval.split=test: FFCV data has a train and a val file"):
+        module().prepare_eval("test")
+    on_train = module()
+    on_train.prepare_eval("train")
+    assert on_train.val_beton == on_train.train_beton
+    views = Protocol("ten_crop", resolution=32, crop_ratio=0.875).transform()
+    on_val = module()
+    on_val.prepare_eval("val")
+    images, labels = next(iter(on_val.eval_dataloader(views, protocol="ten_crop", collate_fn=collate_views)))
+    assert images.shape == (len(labels), 10, 3, 32, 32)
+    no_folders = module("data.sample=false", f"data.root={tmp_path}")
+    no_folders.prepare_eval("val")
+    with pytest.raises(ConfigError, match=r"eval.protocol=ten_crop reads the image folders.* no 'val' folder"):
+        no_folders.eval_dataloader(views, protocol="ten_crop")
+
+
 @pytest.mark.integration
 @needs_ffcv
+@pytest.mark.slow
 def test_same_checkpoint_same_top1_with_either_loader(cache_dir: Path, sample_ffcv, tmp_path: Path) -> None:
     """One checkpoint (trained with the folder loader), evaluated by evaluate.py through each loader, comparing
     like with like: raw pixels, the same crop (SAMPLE_36)."""
@@ -298,11 +332,11 @@ def test_held_batches_are_not_overwritten(betons) -> None:
     from ffcv.loader import OrderOption
     from ffcv.transforms import Squeeze, ToTensor
 
-    from trainer.data.beton import _read_layout
-    from trainer.data.ffcv_ops import Loader
+    from trainer.data.ffcv.format import read_layout
+    from trainer.data.ffcv.loader import Loader
 
     val = betons[1]
-    labels = torch.from_numpy(_read_layout(val)[2]["f1"].astype(np.int64))
+    labels = torch.from_numpy(read_layout(val)[2]["f1"].astype(np.int64))
     mismatched = {}
     for cls in (FFCVLoader, Loader):
         loader = cls(
@@ -322,7 +356,7 @@ def test_held_batches_are_not_overwritten(betons) -> None:
             mismatched[cls] += not torch.equal(held, labels[8 * k : 8 * k + 8])
             held = current
     assert mismatched[Loader] == 0
-    assert mismatched[FFCVLoader] > 0  # if ffcv fixes this, the workaround in ffcv_ops.Loader can go
+    assert mismatched[FFCVLoader] > 0  # if ffcv fixes this, the workaround in ffcv.loader.Loader can go
 
 
 @pytest.mark.unit
@@ -357,7 +391,8 @@ def test_device_path_on_the_cpu(sample_ffcv) -> None:
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
-    from trainer.data.ffcv_ops import DeviceNormalize, Loader
+    from trainer.data.ffcv.loader import Loader
+    from trainer.data.ffcv.ops import DeviceNormalize
 
     cpu = torch.device("cpu")
     pipelines = sample_ffcv._pipelines(False, cpu)
@@ -426,7 +461,7 @@ def test_distributed_ranks_read_disjoint_shards(cache_dir: Path, betons, tmp_pat
 
     import torch.multiprocessing as mp
 
-    from trainer.data.beton import _read_layout
+    from trainer.data.ffcv.format import read_layout
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -440,7 +475,7 @@ def test_distributed_ranks_read_disjoint_shards(cache_dir: Path, betons, tmp_pat
         p.join(600)
         assert p.exitcode == 0
     ranks = [torch.load(o) for o in outs]
-    labels = _read_layout(betons[1])[2]["f1"].tolist()
+    labels = read_layout(betons[1])[2]["f1"].tolist()
     # val: sample i goes to rank i % 2, in order, unpadded; train: ffcv's random order sharded by rank
     assert ranks[0]["val"].tolist() == labels[0::2] and ranks[1]["val"].tolist() == labels[1::2]
     assert ranks[0]["train_batches"] == ranks[1]["train_batches"] == 719 // 32  # 64 global = 32 per rank
@@ -453,7 +488,7 @@ def test_ddp_val_top1_equals_single_process_evaluation(cache_dir: Path, sample_r
     """2 gloo processes through `python train.py` reading a 359-image val .beton: the top-1/top-5 DDP reports
     equals evaluate.py's (one process, every image once) on the same checkpoint, as with the folder loader."""
     from tests.helpers import ddp_args, odd_val_root, run_train
-    from trainer.data.beton import WriteOptions, write_beton
+    from trainer.data.ffcv import WriteOptions, write_beton
 
     root = odd_val_root(sample_root, tmp_path / "data")
     val = tmp_path / "val.beton"
@@ -512,7 +547,7 @@ class RecordResolution(L.Callback):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("data", ["sample_ffcv", "sample"])
+@pytest.mark.parametrize("data", [pytest.param("sample_ffcv", marks=pytest.mark.slow), "sample"])
 def test_progressive_resizing_changes_the_training_size_each_epoch(
     data: str, cache_dir: Path, sample_root: Path, tmp_path: Path
 ) -> None:
@@ -538,12 +573,12 @@ def test_progressive_resizing_changes_the_training_size_each_epoch(
     train(compose_config([*tiny_overrides(run_dir, cache_dir), *ramp, "trainer.max_epochs=3", "resume=auto"]))
     assert RecordResolution.seen == [(0, 32), (0, 32), (1, 40), (1, 40), (2, 48), (2, 48)]
     if data == "sample_ffcv":  # ffcv's order follows the epoch: the resumed epoch 2 reads epoch 2's order
-        from trainer.data.beton import _read_layout
+        from trainer.data.ffcv.format import read_layout
 
         datamodule = build_datamodule(compose_config(["data=sample_ffcv", f"paths.cache_dir={cache_dir}"]))
         loader = datamodule._loader("train")
         loader.next_epoch = 2
-        labels = _read_layout(Path(datamodule.train_beton))[2]["f1"]
+        labels = read_layout(Path(datamodule.train_beton))[2]["f1"]
         assert RecordResolution.first_labels[2] == labels[loader.next_traversal_order()[:64]].tolist()
         datamodule.teardown()
     with open(run_dir / "metrics.csv", newline="") as f:
@@ -652,6 +687,7 @@ def test_color_jitter_draws_factors_and_order_per_sample() -> None:
 
 @pytest.mark.unit
 @needs_ffcv
+@pytest.mark.slow
 def test_recipes_augmentations_run_after_loading(cache_dir: Path, betons) -> None:
     cfg = compose_config(
         ["data=sample_ffcv", f"paths.cache_dir={cache_dir}", "augment=autoaugment", "augment.lighting_std=0.1"]
@@ -684,8 +720,9 @@ def test_scale_jitter_and_squash_random_crops_as_decoders(tmp_path: Path) -> Non
     from ffcv.loader import OrderOption
     from ffcv.transforms import ToTensor
 
-    from trainer.data.beton import WriteOptions, write_beton
-    from trainer.data.ffcv_ops import Loader, ScaleJitterRGBImageDecoder, SquashRandomCropRGBImageDecoder
+    from trainer.data.ffcv import WriteOptions, write_beton
+    from trainer.data.ffcv.loader import Loader
+    from trainer.data.ffcv.ops import ScaleJitterRGBImageDecoder, SquashRandomCropRGBImageDecoder
 
     root = _gradient_set(tmp_path / "grad")
     out = tmp_path / "grad.beton"
@@ -725,7 +762,7 @@ def copies(betons, tmp_path: Path) -> tuple[Path, Path]:
     """Copies of the sample set's files and class indexes, free to damage."""
     import shutil
 
-    from trainer.data.beton import sidecar_path
+    from trainer.data.ffcv import sidecar_path
 
     out = []
     for path in betons:
@@ -751,7 +788,7 @@ def _damage(path: Path, how: str) -> None:
     elif how == "not a beton":
         path.write_bytes(os.urandom(len(data)))
     elif how == "no index":
-        from trainer.data.beton import sidecar_path
+        from trainer.data.ffcv import sidecar_path
 
         sidecar_path(path).unlink()
 
@@ -761,7 +798,7 @@ def _damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["truncated", "header", "metadata", "not a beton", "no index"])
 def test_a_damaged_beton_is_one_line_naming_it(how: str, copies, sample_root: Path, tmp_path: Path, capsys) -> None:
     from trainer.cli import EXIT_USER_ERROR, user_errors
-    from trainer.data.beton import check_beton
+    from trainer.data.ffcv import check_beton
 
     train_file, val_file = copies
     _damage(val_file, how)
@@ -780,7 +817,7 @@ def test_a_damaged_beton_is_one_line_naming_it(how: str, copies, sample_root: Pa
 @pytest.mark.unit
 @needs_ffcv
 def test_payload_corruption_is_caught_by_verify(copies, sample_root: Path) -> None:
-    from trainer.data.beton import check_beton
+    from trainer.data.ffcv import check_beton
 
     _, val_file = copies
     data = bytearray(val_file.read_bytes())
@@ -795,7 +832,7 @@ def test_payload_corruption_is_caught_by_verify(copies, sample_root: Path) -> No
 @pytest.mark.unit
 @needs_ffcv
 def test_a_different_class_mapping_is_one_line(betons, copies, sample_root: Path, tmp_path: Path) -> None:
-    from trainer.data.beton import WriteOptions, write_beton
+    from trainer.data.ffcv import WriteOptions, write_beton
 
     train_file, val_file = copies
     # data.root whose class folders are other names than the files were written with
@@ -829,7 +866,7 @@ def corrupt_source(tmp_path: Path) -> Path:
 @pytest.mark.unit
 @needs_ffcv
 def test_undecodable_source_images_are_skipped_counted_and_listed(corrupt_source: Path, tmp_path: Path) -> None:
-    from trainer.data.beton import WriteOptions, check_beton, skipped_path, write_beton
+    from trainer.data.ffcv import WriteOptions, check_beton, skipped_path, write_beton
 
     root, out = corrupt_source, tmp_path / "val.beton"
     bad = root / "val" / "a" / "001.jpg"
@@ -851,7 +888,7 @@ def test_undecodable_source_images_are_skipped_counted_and_listed(corrupt_source
 @pytest.mark.unit
 @needs_ffcv
 def test_undecodable_source_image_fails_the_write_when_asked(corrupt_source: Path, tmp_path: Path) -> None:
-    from trainer.data.beton import WriteOptions, write_beton
+    from trainer.data.ffcv import WriteOptions, write_beton
 
     out = tmp_path / "out" / "val.beton"
     with pytest.raises(DataError) as exc:
@@ -865,7 +902,7 @@ def test_undecodable_source_image_fails_the_write_when_asked(corrupt_source: Pat
 def test_out_of_disk_leaves_no_file_that_looks_valid(corrupt_source: Path, tmp_path: Path, monkeypatch) -> None:
     from ffcv.memory_allocator import MemoryAllocator
 
-    from trainer.data.beton import WriteOptions, write_beton
+    from trainer.data.ffcv import WriteOptions, write_beton
 
     real = MemoryAllocator.flush_page
 
@@ -922,7 +959,7 @@ def test_write_cli_end_to_end_and_a_real_write_failure(corrupt_source: Path, tmp
 
 @pytest.mark.unit
 def test_bad_write_options_name_the_key() -> None:
-    from trainer.data.beton import WriteOptions
+    from trainer.data.ffcv import WriteOptions
 
     for kwargs, key in (
         ({"write_mode": "png"}, "write_mode"),

@@ -142,8 +142,7 @@ def test_alexnet_crop_on_ffcv_is_the_central_square_of_the_shorter_side() -> Non
     # the decoder's crop in the stored image, for the picture above (height 256, width 512)
     pytest.importorskip("ffcv")
     augment = _augment(compose_config(["recipe=alexnet"]))
-    from trainer.data.ffcv_datamodule import train_decoder
-    from trainer.data.ffcv_ops import CenterRandomCropRGBImageDecoder, _center_random_crop
+    from trainer.data.ffcv.ops import CenterRandomCropRGBImageDecoder, _center_random_crop, train_decoder
 
     decoder = train_decoder(augment, 224, resolution=224)
     assert isinstance(decoder, CenterRandomCropRGBImageDecoder)
@@ -178,7 +177,7 @@ def test_params_are_the_inference_networks_with_the_aux_heads_apart(capsys) -> N
     cells = [c.strip() for c in row.split("│")]
     assert "7.00" in cells and "6.38" in cells  # params (M), aux (M)
 
-    profile = _script("profile")
+    profile = _script("profile_model")
     args = Namespace(resolution=96, layers=False, latency=False, train_batch=1, device="cpu")
     result = profile.profile("nasnet_a_mobile", args)
     assert (result["params"], result["aux_params"]) == (get_entry("nasnet_a_mobile").params, 2_411_240)

@@ -24,7 +24,7 @@ from PIL import Image
 from tests.helpers import ROOT, compose_config, run_train, tiny_overrides
 from trainer.builders import build_model, build_module, check_aux_heads, smallest_training_resolution
 from trainer.data.batch_augment import BatchAugment
-from trainer.data.beton import WriteResult
+from trainer.data.ffcv import WriteResult
 from trainer.data.transforms import POLICIES, build_train_transform, posterize
 from trainer.engine.callbacks import EpochLength, percent
 from trainer.errors import ConfigError
@@ -163,6 +163,7 @@ AUX_MODELS = ["googlenet", "googlenet_bn", "inception_v3", "nasnet_a_mobile"]
 
 
 @pytest.mark.unit
+@pytest.mark.slow
 def test_aux_models_are_every_catalogue_model_with_auxiliary_heads() -> None:
     """AUX_MODELS (one real step each below) and nasnet_a_large (the meta device: too large for a CPU step) are all
     the catalogue's networks that can be built with auxiliary heads."""
@@ -356,19 +357,13 @@ def test_views_are_mirrored_only_where_training_flipped(tmp_path: Path, cache_di
     assert torch.allclose(score_scales(model, [list(x)], flips=False), expected, atol=1e-6)
 
 
-# 6. scripts/profile.py: a short latency sweep on the CPU unless asked, and a line per step.
-def _profile_script():
-    spec = importlib.util.spec_from_file_location("scripts_profile_i24", ROOT / "scripts" / "profile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+# 6. scripts/profile_model.py: a short latency sweep on the CPU unless asked, and a line per step.
 @pytest.mark.unit
 def test_profile_on_the_cpu_sweeps_briefly_and_says_what_it_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    script = _profile_script()
+    from scripts import profile_model as script
+
     assert script.parse_args(["model=vgg16", "device=cpu"]).batch_sizes == [1, 8]
     assert script.parse_args(["model=vgg16", "device=cpu", "--full-sweep"]).batch_sizes == [1, 2, 4, 8, 16, 32, 64]
     assert script.parse_args(["model=vgg16", "device=cuda"]).batch_sizes == [1, 2, 4, 8, 16, 32, 64]

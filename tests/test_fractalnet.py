@@ -11,7 +11,8 @@ import torch.nn as nn
 from trainer.errors import ConfigError
 from trainer.models import create_model, get_entry
 from trainer.models.complexity import count_macs, meta_model
-from trainer.models.fractalnet import FractalBlock, FractalNet, PathChoice, join
+from trainer.models.fractal_blocks import FractalBlock, PathChoice, join
+from trainer.models.fractalnet import FractalNet
 
 CIFAR_NAMES = ("fractalnet20_cifar", "fractalnet40_cifar")
 

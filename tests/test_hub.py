@@ -16,12 +16,12 @@ import yaml
 from omegaconf import OmegaConf
 
 from tests.helpers import PYTHON, ROOT, compose_config
-from trainer.builders import fill_data_defaults
 from trainer.cli import EXIT_USER_ERROR
 from trainer.errors import CheckpointError
 from trainer.hub import HubError, check_repo_id, export, load, publish, read_checkpoint, rebuild
 from trainer.models import create_model, get_entry, list_models
 from trainer.models.weights import read_state_dict
+from trainer.resolve import resolve_config
 
 FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtoken1234"
 
@@ -35,8 +35,7 @@ def resnet_ckpt(trained_run) -> Path:
 def _untrained_checkpoint(name: str, resolution: int, path: Path) -> nn.Module:
     """A checkpoint as train.py writes it (raw weights, saved config, class names) of a freshly built `name`: what
     export and load do with the weights does not depend on their having been trained."""
-    cfg = compose_config([f"model={name}", f"data.resolution={resolution}", f"run_dir={path.parent}"])
-    fill_data_defaults(cfg)
+    cfg = resolve_config(compose_config([f"model={name}", f"data.resolution={resolution}", f"run_dir={path.parent}"]))
     model = create_model(name, num_classes=10, **cfg.model.kwargs).eval()
     checkpoint = {
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
@@ -68,6 +67,7 @@ def _run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_export_writes_a_timm_folder_with_ema_weights(resnet_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     result = export(resnet_ckpt, out)
@@ -104,6 +104,7 @@ def test_export_writes_a_timm_folder_with_ema_weights(resnet_ckpt: Path, tmp_pat
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_timm_loads_a_timm_architecture_without_trainer(resnet_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     export(resnet_ckpt, out)
@@ -121,6 +122,7 @@ def test_timm_loads_a_timm_architecture_without_trainer(resnet_ckpt: Path, tmp_p
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_own_architecture_loads_through_trainer(alexnet_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "alexnet"
     export(alexnet_ckpt, out)
@@ -135,6 +137,7 @@ def test_own_architecture_loads_through_trainer(alexnet_ckpt: Path, tmp_path: Pa
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_export_refuses_bad_input(resnet_ckpt: Path, tmp_path: Path) -> None:
     bare = tmp_path / "bare.ckpt"
     checkpoint = torch.load(resnet_ckpt, map_location="cpu", weights_only=True)
@@ -184,7 +187,7 @@ def test_publish_dry_run_lists_files_and_never_writes_the_token(resnet_ckpt: Pat
     out = tmp_path / "out"
     env = {"HF_TOKEN": FAKE_TOKEN, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     args = ["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo_id=my-lab/resnet18-digits", "private=true"]
-    proc = _run(*args, f"out={out}", "--dry-run", env=env)
+    proc = _run(*args, f"out={out}", "dry_run=true", env=env)
     assert proc.returncode == 0, proc.stderr
     listed = dict(line.split()[:2] for line in proc.stdout.splitlines()[1:] if line.startswith("  "))
     sizes = {p.name: str(p.stat().st_size) for p in out.iterdir()}
@@ -212,8 +215,11 @@ def test_scripts_fail_with_one_line(resnet_ckpt: Path, tmp_path: Path, capsys, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for args, message in (
         (["scripts/export.py", f"ckpt={resnet_ckpt}", f"out={tmp_path}"], "exists; pass overwrite=true"),
-        (["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo_id=nothing", "--dry-run"], "not of the form"),
-        (["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo=a/b"], "unknown argument 'repo'"),
+        (["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo_id=nothing", "dry_run=true"], "not of the form"),
+        (["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo=a/b"], "unknown config key 'repo'"),
+        (["scripts/publish.py", f"ckpt={resnet_ckpt}", "repo_id=a/b", "--dry-run"], "(e.g. dry_run=true)"),
+        (["scripts/export.py", f"ckpt={resnet_ckpt}"], "missing out=..."),
+        (["scripts/export.py", f"ckpt={resnet_ckpt}", f"out={tmp_path}", "overwrite=maybe"], "not a valid bool"),
     ):
         monkeypatch.setattr(sys, "argv", args)
         with pytest.raises(SystemExit) as exit_:

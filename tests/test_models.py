@@ -16,7 +16,7 @@ import torch.nn as nn
 import torchvision
 from omegaconf import OmegaConf
 
-from tests.helpers import ROOT, compose_config
+from tests.helpers import ROOT, compose_config, lightest_per_family, slow_unless
 from trainer.errors import CheckpointError, ConfigError, InputSizeError
 from trainer.models import (
     catalogue,
@@ -208,44 +208,14 @@ def _assert_one_line_naming(exc: pytest.ExceptionInfo, text: str) -> None:
 # --- every catalogue entry --------------------------------------------------------------------------------------
 
 
-# A real forward/backward on CPU costs seconds per deep network even at 32 px (EfficientNet-B7 45 s, Inception-v4
-# 30 s, DenseNet-201 19 s on 2 shared cores; 340 s for all entries). The fast set keeps the smallest model of every
-# family; the rest run under `-m slow`. MobileNet v1 entries of one width are one network (resolution is an entry
-# property, and this test runs every entry at 32 px), so only the 224-px entry of each width runs fast.
-HEAVY_FORWARD = {
-    *(f"vgg{depth}{bn}" for depth in (11, 13, 16, 19) for bn in ("", "_bn") if (depth, bn) != (11, "")),
-    "inception_v4",
-    "densenet161",
-    "densenet169",
-    "densenet201",
-    "densenet264",
-    *(f"efficientnet_b{i}" for i in range(1, 8)),
-    *(f"mobilenet_v1_{w}_{r}" for w in ("100", "075", "050", "025") for r in (192, 160, 128)),
-    "preact_resnet101",
-    "wide_resnet101_2",
-    "resnext101_32x4d",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-    "preact_resnet1001_cifar",
-    "fractalnet40_cifar",
-    "resnet1202_cifar",
-    "densenet_bc250_k24_cifar",
-    "densenet_bc190_k40_cifar",
-    "resnext29_16x64d_cifar",
-    "nasnet_a_large",
-}
-FORWARD_CASES = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_FORWARD else n for n in ALL_MODELS]
+# The per-entry checks: `make test-fast` runs them on the lightest entry of every family, `make test` (CI) on every
+# entry (about 2 s per entry on the 2-core machine: a real build and training step, a meta-device build).
+FAST_ENTRIES = lightest_per_family(ALL_MODELS)
+PER_ENTRY = slow_unless(ALL_MODELS, FAST_ENTRIES)
 
 
 @pytest.mark.unit
-def test_every_family_runs_forward_in_the_fast_set() -> None:
-    assert HEAVY_FORWARD.issubset(ALL_MODELS), "HEAVY_FORWARD names only catalogue entries"
-    fast = {get_entry(n).family for n in ALL_MODELS if n not in HEAVY_FORWARD}
-    assert fast == {get_entry(n).family for n in ALL_MODELS}
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize("name", FORWARD_CASES)
+@pytest.mark.parametrize("name", PER_ENTRY)
 def test_forward_backward(name: str) -> None:
     """One real training step (forward, cross-entropy, backward, SGD step) at the smallest resolution that runs."""
     torch.manual_seed(0)
@@ -359,7 +329,7 @@ def _check_min_resolution(name: str, model: nn.Module) -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", PER_ENTRY)
 def test_catalogue_entry(name: str) -> None:
     """Every fact about one entry in one pass over one meta-device build: metadata, data defaults, config option,
     recipe family, params and MACs (catalogue, golden file, architectures.md), feature maps, smallest input."""
@@ -733,6 +703,7 @@ def test_catalogue_table_lists_measured_counts(
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_own_networks_build_through_timm_after_import_trainer() -> None:
     """A fresh interpreter: `import trainer` alone registers every network written here in timm's registry."""
     import subprocess

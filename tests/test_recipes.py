@@ -97,34 +97,41 @@ def test_recipe_info_is_complete(recipe: str) -> None:
                 assert info[key] == pytest.approx(getattr(entry, key)), key
 
 
+# every (recipe, catalogue model of its families) pair; `make test-fast` builds each recipe's own model only
+RECIPE_MODELS = [
+    pytest.param(recipe, name, id=f"{recipe}-{name}", marks=() if name == _info(recipe).model else pytest.mark.slow)
+    for recipe in RECIPES
+    for name in _family_models(recipe)
+]
+
+
 @pytest.mark.unit
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_builds_with_every_model_of_its_families(recipe: str, tiny_cfg) -> None:
-    """For every catalogue model of the recipe's families: compose, build the model (meta device: no weights), check
-    the recipe against it and instantiate optimizer and scheduler as train() would. The train transform and the
-    trainer (callbacks included) do not depend on the model: built once, with the recipe's own model."""
-    names = _family_models(recipe)
-    assert _info(recipe).model in names
-    for name in names:
-        overrides = DOCUMENTED_OVERRIDES.get((recipe, name), [])
-        cfg = tiny_cfg(f"recipe={recipe}", f"model={name}", f"data.resolution={_min_resolution(name)}", *overrides)
-        if (recipe, name) in KNOWN_GAPS:
-            with pytest.raises(ConfigError), torch.device("meta"):
-                check_recipe(cfg, build_model(cfg, num_classes=10))
-            continue
-        with torch.device("meta"):
-            model = build_model(cfg, num_classes=10)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", UserWarning)  # a model of the recipe's own family: no cross-family warning
-            check_recipe(cfg, model)
-        optimizer = instantiate(cfg.optim, global_batch_size=cfg.data.batch_size)(model)
-        assert optimizer.param_groups[0]["lr"] == pytest.approx(effective_lr(cfg)), name
-        epochs = _recipe(recipe).trainer.max_epochs
-        scheduler = instantiate(cfg.sched)(optimizer, num_epochs=epochs, updates_per_epoch=10)
-        assert scheduler.optimizer is optimizer, name
-        if name == _info(recipe).model:
-            assert build_datamodule(cfg).train_transform().transforms
-            assert build_trainer(cfg).max_epochs == cfg.trainer.max_epochs
+@pytest.mark.parametrize(("recipe", "name"), RECIPE_MODELS)
+def test_recipe_builds_with_every_model_of_its_families(recipe: str, name: str, tiny_cfg) -> None:
+    """Compose, build the model (meta device: no weights), check the recipe against it and instantiate optimizer and
+    scheduler as train() would. The train transform and the trainer (callbacks included) do not depend on the model:
+    built with the recipe's own model only."""
+    overrides = DOCUMENTED_OVERRIDES.get((recipe, name), [])
+    cfg = tiny_cfg(f"recipe={recipe}", f"model={name}", f"data.resolution={_min_resolution(name)}", *overrides)
+    if (recipe, name) in KNOWN_GAPS:
+        with pytest.raises(ConfigError), torch.device("meta"):
+            check_recipe(cfg, build_model(cfg, num_classes=10))
+        return
+    with torch.device("meta"):
+        model = build_model(cfg, num_classes=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a model of the recipe's own family: no cross-family warning
+        check_recipe(cfg, model)
+    optimizer = instantiate(cfg.optim, global_batch_size=cfg.data.batch_size)(model)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(effective_lr(cfg))
+    epochs = _recipe(recipe).trainer.max_epochs
+    scheduler = instantiate(cfg.sched)(optimizer, num_epochs=epochs, updates_per_epoch=10)
+    assert scheduler.optimizer is optimizer
+    if name == _info(recipe).model:
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+        assert datamodule.train_set.transform.transforms  # the training loader's pipeline builds
+        assert build_trainer(cfg).max_epochs == cfg.trainer.max_epochs
 
 
 @pytest.mark.unit

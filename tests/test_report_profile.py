@@ -1,39 +1,26 @@
-"""scripts/report.py on real tiny runs, and scripts/profile.py: activation counting, JSON and plots."""
+"""scripts/report.py on real tiny runs, and scripts/profile_model.py: activation counting, JSON and plots."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from PIL import Image
 
-from tests.helpers import ROOT, compose_config, copy_run, tiny_overrides
+from scripts import profile_model, report
+from tests.helpers import compose_config, copy_run, tiny_overrides
 from trainer.evaluate import evaluate
 from trainer.models import get_entry
 from trainer.models.complexity import meta_model
 
 
-def _script(name: str) -> ModuleType:
-    # loaded under another name: scripts/profile.py would shadow the standard library's `profile` module
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-profile = _script("profile")
-report = _script("report")
-
-
 @pytest.mark.unit
 def test_vgg16_forward_activations_follow_the_slides_table() -> None:
     """CS231n's VGG-16 table: input, conv and pool outputs (ReLUs in place, fc6/fc7 as timm's 7x7/1x1 convs)."""
-    rows = profile.layer_table(meta_model("vgg16"), 224)
-    values = profile.activation_values(rows, 224)
+    rows = profile_model.layer_table(meta_model("vgg16"), 224)
+    values = profile_model.activation_values(rows, 224)
     assert values == 15_241_704
     by_hand = 224 * 224 * 3 + 224 * 224 * 64 * 2 + 112 * 112 * 64  # input, conv1_1, conv1_2, pool1
     by_hand += 112 * 112 * 128 * 2 + 56 * 56 * 128 + 56 * 56 * 256 * 3 + 28 * 28 * 256
@@ -50,7 +37,7 @@ def test_vgg16_forward_activations_follow_the_slides_table() -> None:
 @pytest.mark.slow
 def test_profile_writes_json_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "profile"
-    result = profile.main(
+    result = profile_model.main(
         [
             "model=resnet18",
             "resolution=32",

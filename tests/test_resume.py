@@ -226,8 +226,6 @@ def test_nan_loss_skip_counts_and_stops_after_ten_in_a_row(cache_dir, tmp_path) 
 
 @pytest.mark.integration
 def test_disk_full_during_a_checkpoint_keeps_the_previous_last_ckpt(cache_dir, tmp_path, monkeypatch) -> None:
-    import trainer.engine.checkpoint_io as checkpoint_io
-
     run_dir = tmp_path / "run"
     real_save = torch.save
     calls = {"n": 0}
@@ -239,10 +237,10 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_last_ckpt(cache_dir, t
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_io.torch, "save", save)
+    monkeypatch.setattr(torch, "save", save)  # as the atomic writer calls it (trainer/io.py)
     with pytest.raises(CheckpointError, match="no space left on the device while writing checkpoint .*step=4.ckpt"):
         train(compose_config(_overrides(run_dir, cache_dir, "sample", "trainer.max_epochs=1")))
-    monkeypatch.setattr(checkpoint_io.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     assert _final(run_dir)["global_step"] == 2  # the previous one, intact
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # no partial file left
 

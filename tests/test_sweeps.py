@@ -13,13 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext
 from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.helpers import ROOT, compose_config
-from trainer.builders import build_model, fill_data_defaults
+from trainer.builders import build_model
 from trainer.errors import ConfigError
-from trainer.sweeps import check_point, compound_product, enumerate_grid, satisfies
+from trainer.resolve import resolve_config
+from trainer.sweeps import COMPOUND_KEYS, check_point, compound_product, satisfies
 
 GRID_CONFIG = OmegaConf.load(ROOT / "conf" / "sweep" / "compound_grid.yaml")
 B0_REPEATS = (1, 2, 2, 3, 3, 4, 1)  # EfficientNet-B0's stage repeats (Table 1)
@@ -32,12 +36,30 @@ def _axis(key: str) -> list[float]:
 PAPER_GRID = [_axis(f"sweep.{k}") for k in ("alpha", "beta", "gamma")]
 
 
+def _sweeper_class() -> type:
+    """`hydra/sweeper=trainer`'s class as Hydra instantiates it: from Hydra's plugin scan, which executes the plugin
+    modules again (a class imported before the scan subclasses a BasicSweeper the scan has since replaced)."""
+    return next(c for c in Plugins.instance().discover(Sweeper) if c.__name__ == "TrainerSweeper")
+
+
+def _grid_points(
+    alphas: list[float], betas: list[float], gammas: list[float], target: float = 2.0, tolerance: float = 0.1
+) -> list[tuple[float, float, float]]:
+    """The (alpha, beta, gamma) that `hydra/sweeper=trainer` with `compound: grid` runs, in its order: the sweeper's
+    own selection, in process (the dry run below checks the command line lists the same)."""
+    params = {key: ",".join(map(str, axis)) for key, axis in zip(COMPOUND_KEYS, (alphas, betas, gammas), strict=True)}
+    sweeper = _sweeper_class()(params=params, compound="grid", target=target, tolerance=tolerance)
+    sweeper.hydra_context = HydraContext(config_loader=None, callbacks=None)  # only the override parser reads it
+    sweeper.config = OmegaConf.create({"sweep": {"phi": 1.0}})
+    return [tuple(float(o.partition("=")[2]) for o in job) for job in sweeper.points([])]
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize("tolerance", [0.04, 0.1, 0.3])
 @pytest.mark.parametrize("target", [1.5, 2.0])
 def test_grid_emits_exactly_the_points_within_the_constraint(target: float, tolerance: float) -> None:
     grid = [[0.95, 1.0, 1.1, 1.2, 1.3, 1.4], [1.0, 1.05, 1.1, 1.15, 1.2], [0.9, 1.0, 1.1, 1.15, 1.2]]
-    emitted = enumerate_grid(*grid, target=target, tolerance=tolerance)
+    emitted = _grid_points(*grid, target=target, tolerance=tolerance)
     for a, b, g in emitted:
         assert min(a, b, g) >= 1 and abs(a * b**2 * g**2 - target) <= tolerance + 1e-9
     outside = set(itertools.product(*grid)) - set(emitted)
@@ -49,7 +71,7 @@ def test_grid_emits_exactly_the_points_within_the_constraint(target: float, tole
 @pytest.mark.unit
 def test_the_papers_point_is_on_the_configured_grid() -> None:
     target, tolerance = GRID_CONFIG.sweep.target, GRID_CONFIG.sweep.tolerance
-    points = enumerate_grid(*PAPER_GRID, target=target, tolerance=tolerance)
+    points = _grid_points(*PAPER_GRID, target=target, tolerance=tolerance)
     assert (1.2, 1.1, 1.15) in points
     assert compound_product(1.2, 1.1, 1.15) == pytest.approx(1.9203, abs=1e-4)
 
@@ -57,9 +79,9 @@ def test_the_papers_point_is_on_the_configured_grid() -> None:
 @pytest.mark.unit
 def test_no_point_in_the_constraint_names_the_closest_product() -> None:
     with pytest.raises(ConfigError, match=r"closest: 1\.1025 at alpha=1, beta=1, gamma=1\.05"):
-        enumerate_grid([1.0], [1.0], [1.0, 1.05], target=2.0, tolerance=0.1)
+        _grid_points([1.0], [1.0], [1.0, 1.05], target=2.0, tolerance=0.1)
     with pytest.raises(ConfigError, match="every value >= 1"):
-        enumerate_grid([0.9], [0.9], [0.9])
+        _grid_points([0.9], [0.9], [0.9])
 
 
 @pytest.mark.unit
@@ -110,7 +132,7 @@ def test_dry_run_lists_the_filtered_grid_and_runs_nothing(tmp_path: Path) -> Non
         tuple(float(v) for v in m)
         for m in re.findall(r"sweep\.alpha=([\d.]+) sweep\.beta=([\d.]+) sweep\.gamma=([\d.]+)", proc.stdout)
     ]
-    assert listed == enumerate_grid(*PAPER_GRID, target=2.0, tolerance=0.1)
+    assert listed == _grid_points(*PAPER_GRID, target=2.0, tolerance=0.1)
     assert f"sweep: {len(listed)} points (dry run" in proc.stdout
     assert not (tmp_path / "m").exists()
 
@@ -240,7 +262,7 @@ def test_compound_scale_resolution_and_regularisation_flow_from_phi() -> None:
     """data.resolution = round(base * gamma^phi) through the model defaults; dropout from the B0-B7 table at phi,
     drop-path from the recipe."""
     cfg = compose_config(["sweep=compound_scale", "sweep.phi=2", "sweep.base_resolution=32", "recipe=efficientnet"])
-    fill_data_defaults(cfg)
+    cfg = resolve_config(cfg)
     assert cfg.data.resolution == round(32 * 1.15**2) == 42
     model = build_model(cfg, num_classes=10)
     assert model.drop_rate == 0.3 and cfg.model.drop_path_rate == 0.2

@@ -24,6 +24,7 @@ import torch.nn as nn
 from timm.models import FeatureInfo, create_feature_extractor, get_graph_node_names
 
 import trainer.models  # noqa: F401  (registers our networks into timm)
+from tests.helpers import slow_unless
 from trainer.models.catalogue import _CATALOGUE
 from trainer.models.layers import BatchDropPath
 from trainer.models.regularization import drop_path_modules, set_drop_path_mode
@@ -66,7 +67,22 @@ SAME_PATH_AS = {
 RUN = [n for n in OURS if n not in SAME_PATH_AS]
 # the scripting, tracing and export checks: every network in RUN with timm's per-sample DropPath (where it has
 # drop-path), and one with the paper's batch-wise BatchDropPath in its place
-RUN_MODES = [pytest.param(n, "row", id=n) for n in RUN] + [
+# `make test-fast` runs the checks that run a network on a few light ones (every drop-path kind but NASNet's cells among
+# them) and the meta-device checks on the networks in RUN; `make test` (CI) runs every check on every network above.
+FAST_RUN = {
+    "darknet19",
+    "densenet40_k12_cifar",
+    "efficientnet_compound",
+    "fractalnet20_cifar",
+    "googlenet",
+    "mobilenetv1_025",
+    "resnet20_cifar",
+    "shufflenet_v1_g3_0_25",
+    "squeezenet1_0_complex_bypass",
+}
+RUN_TIERED = slow_unless(RUN, FAST_RUN)
+OURS_TIERED = slow_unless(OURS, set(RUN))
+RUN_MODES = [pytest.param(n, "row", id=n, marks=() if n in FAST_RUN else pytest.mark.slow) for n in RUN] + [
     pytest.param("resnet20_cifar", "batch", id="resnet20_cifar-batch_drop_path")
 ]
 DROP_PATH_RATE = 0.1
@@ -130,7 +146,7 @@ def _meta(name: str) -> nn.Module:
         return timm.create_model(name).eval()
 
 
-@pytest.mark.parametrize("name", OURS)
+@pytest.mark.parametrize("name", OURS_TIERED)
 def test_pretrained_cfg_is_complete(name: str) -> None:
     model = _meta(name)
     cfg = model.pretrained_cfg
@@ -151,7 +167,7 @@ def test_pretrained_cfg_is_complete(name: str) -> None:
             assert cfg["paper_ids"] == f"arXiv:{entry.paper.arxiv}"
 
 
-@pytest.mark.parametrize("name", OURS)
+@pytest.mark.parametrize("name", OURS_TIERED)
 def test_pool_size_is_the_feature_map_at_the_default_input(name: str) -> None:
     model = _meta(name)
     cfg = model.pretrained_cfg
@@ -166,7 +182,7 @@ def test_pool_size_is_the_feature_map_at_the_default_input(name: str) -> None:
 # ---- 1. classifier and pooling reset ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", RUN)
+@pytest.mark.parametrize("name", RUN_TIERED)
 def test_reset_classifier_and_pooling(name: str) -> None:
     model, x = build(name), _input(name)
     with torch.no_grad():
@@ -253,7 +269,7 @@ def _outputs_and_grads(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Te
     return [o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", RUN)
+@pytest.mark.parametrize("name", RUN_TIERED)
 def test_grad_checkpointing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Checkpointing happens (counted through torch.utils.checkpoint.checkpoint, which timm's `checkpoint` and
     `checkpoint_seq` call): each segment with parameters runs in the forward pass and again in the backward pass, and
@@ -290,7 +306,7 @@ def test_grad_checkpointing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- 5. forward_intermediates ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", RUN)
+@pytest.mark.parametrize("name", RUN_TIERED)
 def test_forward_intermediates(name: str) -> None:
     model, x = build(name), _input(name)
     levels = model.feature_info

@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+import timm
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tests.helpers import PYTHON, ROOT, compose_config, copy_run, tiny_overrides
 from trainer.cli import EXIT_USER_ERROR, user_errors
-from trainer.engine.checkpoint_io import _umask
 from trainer.errors import CheckpointError, DataError
 from trainer.evaluate import evaluate
+from trainer.io import _umask
+from trainer.models import get_entry
 from trainer.train import train
 
 BATCHES = 4  # training batches per epoch in the short runs
@@ -39,7 +41,7 @@ def _metric_rows(run_dir: Path) -> list[dict[str, str]]:
 @pytest.mark.integration
 def test_run_writes_its_outputs(trained_run) -> None:
     """The session's `trained_run` (tests/conftest.py): 2 epochs of BATCHES batches."""
-    run_dir, results = trained_run
+    run_dir, results, _ = trained_run
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved == pytest.approx(results)
     for key in ("top1", "top5", "epochs", "params", "wall_time_s", "images_per_sec"):
@@ -55,6 +57,23 @@ def test_run_writes_its_outputs(trained_run) -> None:
 
 
 @pytest.mark.integration
+def test_printed_saved_and_checkpointed_configs_are_one(trained_run) -> None:
+    """The config is resolved once, before anything is built: `print_config=true` prints what config.yaml and every
+    checkpoint then hold, with the model's data defaults and the device's switches filled in."""
+    saved = (trained_run.run_dir / "config.yaml").read_text()
+    assert trained_run.printed_config.startswith(saved), "printed config != config.yaml"
+    config = OmegaConf.load(trained_run.run_dir / "config.yaml")
+    assert config.run_dir == str(trained_run.run_dir) and config.paths.cache_dir  # interpolations resolved
+    entry = get_entry(config.model.name)  # null in data=sample: the model's crop ratio and timm's normalisation
+    assert (config.data.crop_ratio, config.data.interpolation) == (entry.crop_ratio, entry.interpolation)
+    assert config.data.mean == list(timm.data.IMAGENET_DEFAULT_MEAN) and config.data.std is not None
+    assert config.compile is False and config.model.channels_last is False  # null: decided by the device (CPU)
+    for name in ("last.ckpt", "best.ckpt"):
+        checkpoint = torch.load(trained_run.run_dir / "checkpoints" / name, map_location="cpu", weights_only=False)
+        assert OmegaConf.to_yaml(OmegaConf.create(checkpoint["trainer_config"])) == saved, name
+
+
+@pytest.mark.integration
 def test_evaluate_reproduces_the_last_val_top1(trained_run, cache_dir: Path, tmp_path: Path) -> None:
     results = trained_run.results
     run_dir = copy_run(trained_run.run_dir, tmp_path / "run", checkpoints_only=True)  # evaluate writes beside it
@@ -63,7 +82,7 @@ def test_evaluate_reproduces_the_last_val_top1(trained_run, cache_dir: Path, tmp
     evaluated = evaluate(cfg, overrides=[f"ckpt={ckpt}"])
     assert evaluated["top1"] == results["top1"]  # exactly: same weights, data, transforms and batches
     assert evaluated["top5"] == results["top5"]
-    assert json.loads((run_dir / "eval_val.json").read_text())["top1"] == results["top1"]
+    assert json.loads((run_dir / "eval_center.json").read_text())["top1"] == results["top1"]
 
 
 @pytest.mark.integration
@@ -86,6 +105,7 @@ def test_evaluate_rejects_a_mismatched_model_or_data(
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_resume_continues_at_the_right_epoch_and_step(trained_run, cache_dir: Path, tmp_path: Path) -> None:
     run_dir = copy_run(trained_run.run_dir, tmp_path / "resumed")
     first = json.loads((run_dir / "results.json").read_text())
@@ -101,6 +121,7 @@ def test_resume_continues_at_the_right_epoch_and_step(trained_run, cache_dir: Pa
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_last_ckpt_is_rewritten_every_epoch(cache_dir: Path, sample_root: Path, tmp_path: Path) -> None:
     # with lr 0 val top-1 never improves after epoch 0, so best.ckpt stays at epoch 0 while last.ckpt moves on
     train(_cfg(tmp_path, cache_dir, "trainer.max_epochs=2", "optim.lr=0", "trainer.limit_train_batches=1"))
@@ -112,6 +133,7 @@ def test_last_ckpt_is_rewritten_every_epoch(cache_dir: Path, sample_root: Path, 
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_ckpt_path_resumes_into_a_new_run_dir(trained_run, cache_dir: Path, tmp_path: Path) -> None:
     ckpt = trained_run.ckpt
     # without the run's ema.decay: one line naming it, not a state_dict key error
@@ -122,6 +144,7 @@ def test_ckpt_path_resumes_into_a_new_run_dir(trained_run, cache_dir: Path, tmp_
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_undecodable_image_is_named_or_skipped(cache_dir: Path, sample_root: Path, tmp_path: Path, capsys) -> None:
     root = tmp_path / "digits"  # a small copy: 2 classes x 24 images per split
     for split in ("train", "val"):
@@ -229,6 +252,7 @@ def test_ema_is_validated_checkpointed_and_evaluated(trained_run, cache_dir: Pat
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_plateau_schedule_steps_on_validation_top1(cache_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     results = train(_cfg(run_dir, cache_dir, "trainer.max_epochs=2", "sched=plateau", "sched.patience_epochs=0"))

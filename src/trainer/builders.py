@@ -14,13 +14,13 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.compat import quiet_known_noise
 from trainer.engine import AtomicCheckpointIO, ClassificationModule, scale_lr
-from trainer.engine.compat import quiet_known_noise
 from trainer.engine.distributed import cluster_plugins
-from trainer.engine.fast_paths import compile_model, resolve_switch
+from trainer.engine.fast_paths import compile_model
 from trainer.engine.interrupt import DeferredInterrupt
 from trainer.errors import ConfigError, UserError
-from trainer.models import create_model, data_defaults, get_entry, load_weights
+from trainer.models import create_model, get_entry, load_weights
 from trainer.models.catalogue import TIMM_PREFIX, check_resolution
 from trainer.models.probe import SEARCH_LIMIT, meta_twin, smallest_input, training_outputs
 from trainer.models.regularization import (
@@ -30,23 +30,13 @@ from trainer.models.regularization import (
     drop_path_modules,
     set_drop_path_mode,
 )
+from trainer.resolve import resolve_config
 
 log = logging.getLogger(__name__)
 
-_MODEL_DEFAULTED = ("resolution", "crop_ratio", "interpolation", "mean", "std")
-
-
-def fill_data_defaults(cfg: DictConfig) -> None:
-    """Set each `data.<key>` left null from the model's defaults (paper resolution and crop, timm mean/std)."""
-    defaults = data_defaults(cfg.model.name, cfg.model.get("kwargs"))
-    for key in _MODEL_DEFAULTED:
-        if cfg.data.get(key) is None:
-            value = getattr(defaults, key)
-            cfg.data[key] = list(value) if isinstance(value, tuple) else value
-
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    fill_data_defaults(cfg)
+    cfg = resolve_config(cfg)  # data.resolution etc. from the model where null (a copy; `cfg` is not changed)
     augment = OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else None
     try:
         return instantiate(cfg.data, _convert_="all", augment=augment)
@@ -61,6 +51,7 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
 
     A `data.resolution` below what the model accepts fails here, before any training.
     """
+    cfg = resolve_config(cfg)
     mode = cfg.model.get("drop_path_mode", "row")
     if mode not in DROP_PATH_MODES:
         raise ConfigError(f"model.drop_path_mode='{mode}' is not one of {', '.join(DROP_PATH_MODES)}")
@@ -82,8 +73,7 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
         _batch_stochastic_depth(model, cfg.model.name, cfg.model.drop_path_rate)
     if cfg.model.init_from:
         rank_zero_info(load_weights(model, cfg.model.init_from).summary())
-    cfg.model.channels_last = resolve_switch(cfg.model.channels_last, cfg)  # null: on when training on CUDA
-    if cfg.model.channels_last:
+    if cfg.model.channels_last:  # null in the composed config: on when training on CUDA (trainer/resolve.py)
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -168,10 +158,8 @@ def effective_lr(cfg: DictConfig) -> float:
 
 
 def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> ClassificationModule:
-    """The LightningModule for `model` (from `build_model`, which settles `model.channels_last`)."""
-    compile_ = resolve_switch(cfg.get("compile"), cfg)  # null: on when training on CUDA
-    if "compile" in cfg:
-        cfg.compile = compile_  # the run's config.yaml and checkpoints record what was done
+    """The LightningModule for `model` (from `build_model`); its checkpoints hold the resolved config."""
+    cfg = resolve_config(cfg)  # compile and model.channels_last: null is on when training on CUDA
     optimizer = instantiate(cfg.optim, global_batch_size=cfg.data.batch_size)
     scheduler = instantiate(cfg.sched) if cfg.get("sched") else None
     module = ClassificationModule(
@@ -182,20 +170,20 @@ def build_module(cfg: DictConfig, model: nn.Module, class_names: list[str]) -> C
         label_smoothing=cfg.loss.label_smoothing,
         aux_weights=list(cfg.loss.aux_weights),
         sched_interval=cfg.sched.interval if scheduler else "epoch",
-        channels_last=resolve_switch(cfg.model.channels_last, cfg),
+        channels_last=cfg.model.channels_last,
         config=OmegaConf.to_container(cfg, resolve=True),
         class_names=class_names,
         ema_decay=cfg.ema.decay if cfg.get("ema") else None,
         ema_warmup=bool(cfg.ema.warmup) if cfg.get("ema") else False,
         nonfinite=str(cfg.loss.get("nonfinite", "stop")),
     )
-    if compile_:
+    if cfg.get("compile"):
         compile_model(module.model, cfg.model.name)  # in place, eager where compiling fails (with a warning)
     return module
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    with quiet_known_noise():  # e.g. Lightning's `srun` hint and litlogger tip (engine/compat.py)
+    with quiet_known_noise():  # e.g. Lightning's `srun` hint and litlogger tip (trainer/compat.py)
         return _build_trainer(cfg, **overrides)
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import timm
 from hydra import compose, initialize_config_dir
-from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import register_configs
+from trainer.compat import get_args_parser
+from trainer.config import MOVED_KEYS, register_configs
 from trainer.engine.distributed import process_rank
 from trainer.engine.run_dir import complete_message
 from trainer.errors import ConfigError, UserError, close_matches
@@ -46,12 +46,18 @@ def prepare(
     """Register the model options and check the command line's overrides; a bad one exits with one line.
     `check_run_dir` (train.py): a run_dir holding another run is refused now, before Hydra writes `.hydra/` there."""
     args = list(sys.argv[1:] if argv is None else argv)
-    known = get_args_parser().parse_known_args(args)[0]
-    register_configs(known.overrides or [])
+    known, unknown = get_args_parser().parse_known_args(args)
+    register_configs()
     if known.help or known.hydra_help or known.info or known.shell_completion:
         return
     with user_errors():
+        flags = [arg for arg in unknown if arg.startswith("-")]
+        if flags:  # Hydra's own answer is its usage text
+            key = flags[0].lstrip("-").split("=")[0].replace("-", "_")
+            raise ConfigError(f"unknown option '{flags[0]}'; options are key=value (e.g. {key}=true)")
         cfg = check_overrides(Path(config_dir), config_name, known.overrides or [])
+        if not known.multirun:  # a sweep may set them (-m ckpt=a,b)
+            check_required(cfg)
         if check_run_dir and not known.multirun and process_rank() == 0:  # sweep jobs: train() checks each
             from trainer.train import check_run_dir as settle_run_dir  # Lightning is imported only for training
 
@@ -59,6 +65,14 @@ def prepare(
             if finished:  # resume=auto on a finished run: say so and leave its directory untouched (.hydra/ too)
                 print(complete_message(Path(cfg.run_dir), finished, cfg.trainer.get("max_epochs")), flush=True)
                 sys.exit(0)
+
+
+def check_required(cfg: DictConfig) -> None:
+    """The top-level `???` keys (evaluate.py's ckpt, export.py's ckpt and out) the command line left unset, in one
+    line."""
+    missing = [f"{key}=..." for key in cfg if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}")
 
 
 def _group_options(group: str) -> list[str]:
@@ -86,14 +100,17 @@ def _missing_option(error: MissingConfigException) -> ConfigError:
 def _unknown_key(error: ConfigCompositionException, config_name: str, overrides: list[str]) -> ConfigError:
     first = str(error).splitlines()[0]
     match = re.search(r"Could not (?:override|append to) '([^']+)'", first)
-    if not match:
-        return ConfigError(first)
+    if not match:  # a value of the wrong type (overwrite=maybe): say which
+        cause = str(error.__cause__ or "").splitlines()
+        return ConfigError(f"{first}: {cause[0]}" if cause else first)
     overridden = match.group(1)
     key = overridden
     # a dict value ({a: 1}) fails on its inner key: name that one (full_key in the cause)
     inner = re.search(r"full_key: (\S+)", str(error.__cause__ or ""))
     if inner and inner.group(1).startswith(overridden + "."):
         key = inner.group(1)
+    if key in MOVED_KEYS:
+        return ConfigError(f"'{key}' is now '{MOVED_KEYS[key]}' (the augmentation keys are the augment group's)")
     parent = key.rpartition(".")[0]
     base = compose(config_name, overrides=[o for o in overrides if not o.lstrip("+~").startswith(overridden)])
     node = OmegaConf.select(base, parent) if parent else base

@@ -1,12 +1,14 @@
 """evaluate(cfg): rebuild model and data from the config saved in a checkpoint and measure top-1/top-5 under a test-time
-protocol (centre crop, 10-crop, dense multi-scale, GoogLeNet's 144 crops: trainer.eval)."""
+protocol (centre crop, 10-crop, dense multi-scale, GoogLeNet's 144 crops: trainer.eval), through Lightning's
+`Trainer.test` on one device or several (each process scores its exact share of the images; the sums are added).
+
+The config is resolved once (`eval_config`: the checkpoint's, the command line's keys over it, the machine's devices)
+and read only from then on."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +16,22 @@ import torch
 import torch.nn as nn
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
-from torchmetrics.classification import MulticlassAccuracy
 
-from trainer.builders import build_datamodule, build_model
-from trainer.data import FFCVDataModule
-from trainer.data.beton import sha256_of
+from trainer.builders import build_datamodule, build_model, build_trainer
+from trainer.compat import quiet_known_noise
+from trainer.engine.distributed import check_devices
 from trainer.engine.loggers import announce
 from trainer.errors import CheckpointError, ConfigError
-from trainer.eval import Protocol, fully_convolutional, predict
-from trainer.eval.protocols import collate_views, loss_of
+from trainer.eval import Protocol, fully_convolutional
+from trainer.eval.module import EvaluationModule
+from trainer.eval.protocols import collate_views
+from trainer.io import has_ema, model_weights, read_checkpoint, select_weights, sha256_of
 from trainer.models.catalogue import TIMM_PREFIX, get_entry
+from trainer.resolve import resolve_config
 from trainer.train import write_json
 
 _EVAL_ONLY = ("ckpt", "eval", "hydra", "run_dir")
-WEIGHTS = (None, "raw", "ema")
 MAX_HEATMAP_CLASSES = 100
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt '{path}' does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"cannot read checkpoint '{path}': {type(e).__name__}: {reason}") from None
-    if not isinstance(checkpoint, dict) or "trainer_config" not in checkpoint or "state_dict" not in checkpoint:
-        raise CheckpointError(f"'{path}' is not a checkpoint written by train.py (no saved config)")
-    return checkpoint
 
 
 def _command_line_overrides() -> list[str]:
@@ -62,46 +50,66 @@ def apply_overrides(saved: DictConfig, requested: DictConfig, overrides: Sequenc
         OmegaConf.update(saved, key, value, merge=False, force_add=True)
 
 
-def _model_state(checkpoint: dict[str, Any], prefix: str = "model.") -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+def _this_machine(trainer: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a checkpoint is evaluated, unless the command line says otherwise: one device (the run's device count,
+    nodes and strategy are the training machine's), a GPU where the run used one (or `auto`) and this machine has one,
+    else the CPU, which evaluates in full precision (mixed precision is the GPU's)."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    precision = str(trainer.get("precision", "32-true"))
+    return {
+        "accelerator": ("gpu" if accelerator == "auto" else accelerator) if gpu else "cpu",
+        "devices": 1,
+        "num_nodes": 1,
+        "strategy": "auto",
+        "sync_batchnorm": False,  # batch norm evaluates with its running statistics
+        "precision": precision if gpu or "16" not in precision else "32-true",
+    }
 
 
-def _weights_to_evaluate(cfg: DictConfig, ckpt: Path, has_ema: bool) -> list[str]:
-    """raw and/or ema; the first is the one reported as top1/top5 and in the per-class results."""
-    requested = cfg.eval.get("weights")
-    if requested not in WEIGHTS:
-        raise ConfigError(f"eval.weights='{requested}' is not one of ema, raw (or null: raw, and ema beside it)")
-    if requested == "ema" and not has_ema:
-        raise CheckpointError(f"eval.weights=ema: checkpoint '{ckpt}' has no EMA weights (trained without ema.decay)")
-    if requested is None:  # both where there are both, raw first (top1 / top1_ema)
-        return ["raw", "ema"] if has_ema else ["raw"]
-    return [requested]
+def eval_config(cfg: DictConfig, checkpoint: Mapping[str, Any], overrides: Sequence[str]) -> DictConfig:
+    """The config an evaluation runs with, resolved and read-only (trainer/resolve.py): the checkpoint's training
+    config, on this machine (`_this_machine`), with the command line's keys over it (`overrides`, keys of `cfg`: a
+    group choice replaces the whole group), `eval.split` as the data's val split, `eval.resolution` and
+    `eval.crop_ratio` as the data's, no `init_from` weights (the checkpoint's are evaluated), no callbacks or loggers
+    (evaluation writes its results only); `ckpt`, `eval` and `run_dir` (the checkpoint's run directory) are `cfg`'s."""
+    saved = OmegaConf.create(checkpoint["trainer_config"])
+    saved.trainer.update(_this_machine(saved.trainer))
+    apply_overrides(saved, cfg, overrides)
+    saved.data.val_split = cfg.eval.split
+    for key in ("resolution", "crop_ratio"):
+        if cfg.eval.get(key) is not None:
+            saved.data[key] = cfg.eval[key]
+    saved.model.init_from = None
+    saved.callbacks = None
+    saved.logger = None
+    saved.ckpt = str(cfg.ckpt)
+    saved.eval = OmegaConf.to_container(cfg.eval, resolve=True)
+    return resolve_config(saved, run_dir=str(Path(cfg.ckpt).resolve().parent.parent))
 
 
 def trained_with_flips(train_cfg: DictConfig) -> bool:
-    """Whether training mirrored images (augment.hflip, else the data set's data.hflip): the multi-view protocols
-    add mirrored views only then (the digits sample set never flips: a mirrored digit is not that digit)."""
-    augment = train_cfg.get("augment") or {}
-    hflip = augment.get("hflip")
-    if hflip is None:
-        hflip = (train_cfg.get("data") or {}).get("hflip")
+    """Whether training mirrored images (augment.hflip): the multi-view protocols add mirrored views only then (the
+    digits sample set never flips: a mirrored digit is not that digit)."""
+    hflip = (train_cfg.get("augment") or {}).get("hflip")
     return hflip is None or float(hflip) > 0  # unknown: the papers' protocols, with mirrors
 
 
-def _protocol(cfg: DictConfig, train_cfg: DictConfig) -> Protocol:
-    """The protocol asked for, at the (possibly overridden) model resolution, checked against the model's minimum."""
+def eval_protocol(cfg: DictConfig) -> Protocol:
+    """The protocol `cfg.eval` asks for, at the data's (possibly overridden) resolution, checked against the model's
+    minimum."""
     scales = cfg.eval.get("scales")
     protocol = Protocol(
         str(cfg.eval.get("protocol") or "center"),
-        resolution=int(train_cfg.data.resolution),
-        crop_ratio=float(train_cfg.data.crop_ratio),
-        interpolation=str(train_cfg.data.interpolation),
-        mean=tuple(train_cfg.data.mean),
-        std=tuple(train_cfg.data.std),
+        resolution=int(cfg.data.resolution),
+        crop_ratio=float(cfg.data.crop_ratio),
+        interpolation=str(cfg.data.interpolation),
+        mean=tuple(cfg.data.mean),
+        std=tuple(cfg.data.std),
         scales=tuple(int(s) for s in scales) if scales else (),
-        flips=trained_with_flips(train_cfg),
+        flips=trained_with_flips(cfg),
     )
-    name = train_cfg.model.name
+    name = cfg.model.name
     smallest = None if name.startswith(TIMM_PREFIX) else get_entry(name).min_resolution
     if smallest is not None and protocol.smallest_input < smallest:
         what = f"eval.resolution={protocol.resolution}"
@@ -111,91 +119,22 @@ def _protocol(cfg: DictConfig, train_cfg: DictConfig) -> Protocol:
     return protocol
 
 
-def _device_and_autocast(train_cfg: DictConfig) -> tuple[torch.device, torch.dtype | None]:
-    accelerator = str(train_cfg.trainer.get("accelerator", "auto"))
-    cuda = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    precision = str(train_cfg.trainer.get("precision", "32"))
-    dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else None
-    return device, dtype if cuda else None
+def confusion_files(out: Path, num_classes: int) -> list[Path]:
+    """Beside the results file `out`: the confusion matrix as CSV, and as a heatmap up to 100 classes."""
+    csv_path = out.with_name(out.stem + "_confusion.csv")
+    return [csv_path] if num_classes > MAX_HEATMAP_CLASSES else [csv_path, out.with_name(out.stem + "_confusion.png")]
 
 
-def _to(images: Any, device: torch.device, memory_format: torch.memory_format) -> Any:
-    if isinstance(images, torch.Tensor):
-        fmt = memory_format if images.ndim == 4 else torch.contiguous_format
-        return images.to(device, non_blocking=True).contiguous(memory_format=fmt)
-    return [_to(part, device, memory_format) for part in images]
-
-
-def _accuracy(num_classes: int, device: torch.device) -> dict[str, MulticlassAccuracy]:
-    # the metrics validation logs (ClassificationModule), so centre-crop numbers equal the training run's
-    return {
-        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device),
-        "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro").to(device),
-    }
-
-
-def run_protocol(
-    protocol: Protocol,
-    models: dict[str, nn.Module],
-    loader: DataLoader,
-    num_classes: int,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    views_per_forward: int | None = None,
-) -> dict[str, Any]:
-    """Score every batch of `loader` with each model under `protocol`: top-1/top-5/loss per model, and the
-    confusion matrix (rows: true class) of the first."""
-    metrics = {name: _accuracy(num_classes, device) for name in models}
-    losses = dict.fromkeys(models, 0.0)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
-    images_seen = 0
-    for model in models.values():
-        model.eval()
-    start = time.perf_counter()
-    autocast = torch.autocast(device.type, autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
-        for batch in loader:
-            if batch is None:  # every image of the batch was undecodable and skipped
-                continue
-            images, targets = _to(batch[0], device, memory_format), batch[1].to(device)
-            images_seen += len(targets)
-            for index, (name, model) in enumerate(models.items()):
-                scores, is_prob = predict(protocol.name, model, images, views_per_forward, protocol.flips)
-                losses[name] += float(loss_of(scores, is_prob, targets))
-                for metric in metrics[name].values():
-                    metric.update(scores, targets)
-                if index == 0:
-                    pairs = targets * num_classes + scores.argmax(-1)
-                    confusion += torch.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    return {
-        "images": images_seen,
-        "seconds": elapsed,
-        "metrics": {
-            name: {
-                "top1": 100 * float(m["top1"].compute()),
-                "top5": 100 * float(m["top5"].compute()),
-                "loss": losses[name] / max(images_seen, 1),
-            }
-            for name, m in metrics.items()
-        },
-        "confusion": confusion.cpu(),
-    }
-
-
-def write_confusion(confusion: torch.Tensor, classes: Sequence[str], csv_path: Path, png_path: Path) -> list[Path]:
-    """The confusion matrix as CSV (rows: true class, columns: predicted), and as a heatmap up to 100 classes."""
-    with open(csv_path, "w", newline="") as f:
+def write_confusion(confusion: torch.Tensor, classes: Sequence[str], files: Sequence[Path]) -> None:
+    """The confusion matrix into `files` (confusion_files): CSV (rows: true class, columns: predicted), and the
+    heatmap (rows normalised) where one is asked for."""
+    with open(files[0], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["true\\predicted", *classes])
         for name, row in zip(classes, confusion.tolist(), strict=True):
             writer.writerow([name, *row])
-    if len(classes) > MAX_HEATMAP_CLASSES:
-        return [csv_path]
+    if len(files) < 2:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,116 +152,89 @@ def write_confusion(confusion: torch.Tensor, classes: Sequence[str], csv_path: P
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    fig.savefig(files[1], dpi=100)
     plt.close(fig)
-    return [csv_path, png_path]
 
 
-def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
-    """Evaluate `cfg.ckpt` on its data's `cfg.eval.split` under `cfg.eval.protocol`; returns (and writes) top-1/top-5,
-    loss, per-class accuracy and the confusion matrix.
-
-    `overrides` are the command-line overrides to apply over the checkpoint's config (default: Hydra's).
-    """
-    ckpt = Path(cfg.ckpt)
-    checkpoint = load_checkpoint(ckpt)
-    train_cfg = OmegaConf.create(checkpoint["trainer_config"])
-    apply_overrides(train_cfg, cfg, _command_line_overrides() if overrides is None else overrides)
-    train_cfg.data.val_split = cfg.eval.split
-    train_cfg.model.init_from = None  # the checkpoint's weights are the ones to evaluate
-    for key in ("resolution", "crop_ratio"):
-        if cfg.eval.get(key) is not None:
-            train_cfg.data[key] = cfg.eval[key]
-    state = _model_state(checkpoint)
-    ema_state = _model_state(checkpoint, "ema.module.")
-    weights = _weights_to_evaluate(cfg, ckpt, bool(ema_state))
-
-    saved_classes = checkpoint.get("class_names") or []
-    saved_model = checkpoint["trainer_config"]["model"]["name"]
-    datamodule = build_datamodule(train_cfg)
-    if isinstance(datamodule, FFCVDataModule) and cfg.eval.split != "val":
-        if cfg.eval.split != datamodule.train_split:
-            raise ConfigError(
-                f"eval.split={cfg.eval.split}: FFCV data has a train and a val file; set data.val_beton=<file>"
-            )
-        datamodule.val_beton = datamodule.train_beton
-    datamodule.prepare_data()
-    classes = datamodule.classes
-    if saved_classes and len(classes) != len(saved_classes):
-        raise CheckpointError(
-            f"checkpoint '{ckpt}' has {len(saved_classes)} classes but data '{train_cfg.data.root}' has {len(classes)}"
-        )
-    if saved_classes and list(classes) != list(saved_classes):
+def _check_classes(ckpt: Path, saved: Sequence[str], classes: Sequence[str], root: str) -> None:
+    if saved and len(classes) != len(saved):
+        raise CheckpointError(f"checkpoint '{ckpt}' has {len(saved)} classes but data '{root}' has {len(classes)}")
+    if saved and list(classes) != list(saved):
         raise CheckpointError(
             f"checkpoint '{ckpt}' was trained on other class names than data "
-            f"'{train_cfg.data.root}' holds (e.g. '{saved_classes[0]}' vs '{classes[0]}')"
+            f"'{root}' holds (e.g. '{saved[0]}' vs '{classes[0]}')"
         )
-    protocol = _protocol(cfg, train_cfg)
 
+
+def _models(
+    cfg: DictConfig, checkpoint: Mapping[str, Any], weights: Sequence[str], num_classes: int, dense: bool
+) -> dict[str, nn.Module]:
+    """The model of `cfg` with each of `weights` (raw, ema) of the checkpoint; fully convolutional where `dense`."""
+    saved_model = checkpoint["trainer_config"]["model"]["name"]
     models: dict[str, nn.Module] = {}
     for kind in weights:
-        model = build_model(train_cfg, num_classes=len(classes))
-        weights_state = state if kind == "raw" else ema_state
+        model = build_model(cfg, num_classes=num_classes)
+        weights_state = model_weights(checkpoint["state_dict"], kind)
         own = model.state_dict()
         misfit = sorted(set(own) ^ set(weights_state))
         misfit += sorted(k for k in own if k in weights_state and own[k].shape != weights_state[k].shape)
         if misfit:
             raise CheckpointError(
-                f"checkpoint '{ckpt}' holds a {saved_model} that does not fit model "
-                f"{train_cfg.model.name} with {len(classes)} classes (first mismatch: {misfit[0]})"
+                f"checkpoint '{cfg.ckpt}' holds a {saved_model} that does not fit model "
+                f"{cfg.model.name} with {num_classes} classes (first mismatch: {misfit[0]})"
             )
         model.load_state_dict(weights_state)
-        models[kind] = fully_convolutional(model) if protocol.name == "multi_scale" else model
+        models[kind] = fully_convolutional(model) if dense else model
+    return models
 
-    device, autocast_dtype = _device_and_autocast(train_cfg)
-    models = {kind: model.to(device) for kind, model in models.items()}
-    if isinstance(datamodule, FFCVDataModule) and protocol.name == "center":
-        # the FFCV validation pipeline itself (the .beton named by data.val_beton), on the evaluation device
-        datamodule.loader_device = device
-        loader = datamodule.val_dataloader()
-    else:
-        if isinstance(datamodule, FFCVDataModule) and not Path(datamodule.root, cfg.eval.split).is_dir():
-            raise ConfigError(
-                f"eval.protocol={protocol.name} reads the image folders, and data.root '{datamodule.root}' has no "
-                f"'{cfg.eval.split}' folder (the FFCV files serve eval.protocol=center)"
-            )
-        transform = datamodule.val_transform() if protocol.name == "center" else protocol.transform()
-        dataset = datamodule._dataset(cfg.eval.split, transform)
-        loader = DataLoader(
-            dataset,
-            batch_size=datamodule.per_device_batch_size,
-            shuffle=False,
-            num_workers=datamodule.num_workers,
-            pin_memory=device.type == "cuda",
-            collate_fn=collate_views,
-        )
-    memory_format = torch.channels_last if train_cfg.model.channels_last else torch.contiguous_format
-    measured = run_protocol(
-        protocol,
+
+def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Evaluate `cfg.ckpt` on its data's `cfg.eval.split` under `cfg.eval.protocol`; returns (and, on rank 0, writes)
+    top-1/top-5, loss, per-class accuracy and the confusion matrix.
+
+    `overrides` are the command-line overrides to apply over the checkpoint's config (default: Hydra's). With
+    `trainer.devices` (and `trainer.num_nodes`) above 1, Lightning starts a process per device; each reads its share of
+    the images, and the results are those of one process reading them all.
+    """
+    ckpt = Path(cfg.ckpt)
+    checkpoint = read_checkpoint(ckpt)
+    cfg = eval_config(cfg, checkpoint, _command_line_overrides() if overrides is None else overrides)
+    # null: raw and, where the checkpoint holds them, ema beside it; the first is reported as top1 and per class
+    weights = select_weights(cfg.eval.get("weights"), has_ema(checkpoint["state_dict"]), key="eval.weights", path=ckpt)
+
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_eval(cfg.eval.split)
+    classes = datamodule.classes
+    _check_classes(ckpt, checkpoint.get("class_names") or [], classes, cfg.data.root)
+    protocol = eval_protocol(cfg)
+    models = _models(cfg, checkpoint, weights, len(classes), dense=protocol.name == "multi_scale")
+
+    check_devices(cfg)
+    trainer = build_trainer(cfg, enable_checkpointing=False, logger=False, use_distributed_sampler=False)
+    datamodule.trainer = trainer  # the evaluation loader reads this process's share
+    transform = None if protocol.name == "center" else protocol.transform()  # None: the data module's own pipeline
+    module = EvaluationModule(
         models,
-        loader,
+        protocol,
         len(classes),
-        device,
-        autocast_dtype,
-        memory_format,
-        cfg.eval.get("views_per_forward"),
+        lambda: datamodule.eval_dataloader(transform, protocol=protocol.name, collate_fn=collate_views),
+        channels_last=bool(cfg.model.channels_last),
+        views_per_forward=cfg.eval.get("views_per_forward"),
     )
+    with quiet_known_noise():
+        trainer.test(module, verbose=False)
 
-    run_dir = ckpt.resolve().parent.parent
     stem = f"eval_{protocol.name}" if cfg.eval.split == "val" else f"eval_{cfg.eval.split}_{protocol.name}"
-    out = Path(cfg.eval.out) if cfg.eval.out else run_dir / f"{stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    confusion = measured["confusion"]
+    out = Path(cfg.eval.out) if cfg.eval.out else Path(cfg.run_dir) / f"{stem}.json"
+    files = confusion_files(out, len(classes))
+    primary = module.results[weights[0]]
+    confusion = primary["confusion"]
     per_class = (confusion.diag() / confusion.sum(1).clamp_min(1)).tolist()
-    outputs = write_confusion(
-        confusion, classes, out.with_name(out.stem + "_confusion.csv"), out.with_name(out.stem + "_confusion.png")
-    )
-    primary = measured["metrics"][weights[0]]
-    images = measured["images"]
+    images = primary["images"]
     results: dict[str, Any] = {
         "ckpt": str(ckpt),
         "ckpt_sha256": sha256_of(ckpt),
-        "model": train_cfg.model.name,
+        "model": cfg.model.name,
         "split": cfg.eval.split,
         "protocol": protocol.name,
         "views_per_image": protocol.views_per_image,
@@ -334,20 +246,21 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[st
         "top5": primary["top5"],
         "loss": primary["loss"],
         "images": images,
-        "images_per_sec": images / measured["seconds"] if images else None,
+        "images_per_sec": images / module.seconds if images else None,
         "per_class_top1": {name: 100 * acc for name, acc in zip(classes, per_class, strict=True)},
-        "confusion": [str(p) for p in outputs],
+        "confusion": [str(p) for p in files],
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
     }
-    if "ema" in measured["metrics"] and weights[0] != "ema":  # trained with ema.decay: the averaged weights too
-        ema = measured["metrics"]["ema"]
+    if "ema" in module.results and weights[0] != "ema":  # trained with ema.decay: the averaged weights too
+        ema = module.results["ema"]
         results.update(top1_ema=ema["top1"], top5_ema=ema["top5"], loss_ema=ema["loss"])
-    write_json(out, results)
-    if protocol.name == "center" and not cfg.eval.out:  # the name evaluate.py wrote before protocols existed
-        write_json(run_dir / f"eval_{cfg.eval.split}.json", results)
-    announce(
-        f"{ckpt}: {cfg.eval.split} {protocol.name} ({protocol.views_per_image} views) top-1 {results['top1']:.2f}%  "
-        f"top-5 {results['top5']:.2f}%\nresults: {out}"
-    )
+    if trainer.is_global_zero:  # every process holds the totals; one writes them
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_confusion(confusion, classes, files)
+        write_json(out, results)
+        announce(
+            f"{ckpt}: {cfg.eval.split} {protocol.name} ({protocol.views_per_image} views) top-1 "
+            f"{results['top1']:.2f}%  top-5 {results['top5']:.2f}%\nresults: {out}"
+        )
     return results

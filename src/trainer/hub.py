@@ -5,6 +5,9 @@ An export holds `model.safetensors` (weights only), `config.json` (timm's hub fo
 num_features, pretrained_cfg, label_names, model_args), a model card `README.md`, `train_config.yaml`,
 `results.json` and `training_curves.png`. timm's own architectures load with `timm.create_model("local-dir:<dir>",
 pretrained=True)` alone; ours are registered into timm by `import trainer.models` (or through `load()` here).
+
+timm's `save_for_hf` writes the weights and config.json, huggingface_hub's `ModelCard` the card; the checkpoint is
+read, its weights chosen (raw / ema) and the folder written atomically by trainer/io.py.
 """
 
 from __future__ import annotations
@@ -24,18 +27,16 @@ import timm
 import torch
 import torch.nn as nn
 import yaml
+from huggingface_hub import ModelCard, ModelCardData
+from timm.models import save_for_hf
 
-from trainer.engine.checkpoint_io import _umask
 from trainer.errors import CheckpointError, ConfigError, UserError
+from trainer.io import atomic_folder, has_ema, model_weights, read_checkpoint, select_weights
 from trainer.models import TIMM_PREFIX, create_model, get_entry
 from trainer.models.complexity import measure
-from trainer.models.weights import load_tensors_only
 
-WEIGHTS = ("auto", "raw", "ema")  # auto: the EMA weights when the run kept an EMA
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 SOURCES = ("local-dir:", "hf-hub:")
-_EMA_PREFIX = "ema.module."
-_MODEL_PREFIX = "model."
 
 
 class HubError(UserError):
@@ -54,54 +55,20 @@ class Export:
 # reading a checkpoint
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A train.py checkpoint, read without unpickling objects; one without the saved config is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt '{path}' does not exist")
-    checkpoint = load_tensors_only(path)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"'{path}' is not a Lightning checkpoint (no state_dict)")
-    if not checkpoint.get("trainer_config"):
-        raise CheckpointError(
-            f"'{path}' has no saved config (trainer_config): export needs a checkpoint written by train.py"
-        )
-    return checkpoint
-
-
-def model_state(checkpoint: dict[str, Any], weights: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
-    """The backbone's state_dict from a checkpoint (the EMA weights for `weights=auto` when there are any)."""
-    if weights not in WEIGHTS:
-        raise ConfigError(f"weights='{weights}' is not one of {', '.join(WEIGHTS)}")
-    state = checkpoint["state_dict"]
-    has_ema = any(k.startswith(_EMA_PREFIX) for k in state)
-    if weights == "ema" and not has_ema:
-        raise CheckpointError("weights=ema: the checkpoint holds no EMA weights (the run had ema.decay=null)")
-    kind = "ema" if has_ema and weights != "raw" else "raw"
-    prefix = _EMA_PREFIX if kind == "ema" else _MODEL_PREFIX
-    out = {}
-    for key, value in state.items():
-        if key.startswith(prefix):
-            key = key[len(prefix) :]
-            while key.startswith("_orig_mod."):  # torch.compile
-                key = key[len("_orig_mod.") :]
-            out[key] = value.detach().contiguous()
-    return out, kind
-
-
 def _model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     return dict(config["model"].get("kwargs") or {})
 
 
-def rebuild(checkpoint: dict[str, Any], weights: str = "auto") -> tuple[nn.Module, str]:
-    """The trained backbone (eval mode) with the chosen weights loaded strictly."""
+def rebuild(checkpoint: dict[str, Any], weights: str | None = None, ckpt: str | Path = "") -> tuple[nn.Module, str]:
+    """The trained backbone (eval mode) with `weights` (raw or ema; null: the EMA weights where the run kept them)
+    loaded strictly, and which they are; `ckpt` names the checkpoint in messages."""
     config = checkpoint["trainer_config"]
     classes = checkpoint.get("class_names")
     num_classes = len(classes) if classes else int(config["data"]["num_classes"])
-    state, kind = model_state(checkpoint, weights)
+    kind = select_weights(weights, has_ema(checkpoint["state_dict"]), key="weights", path=ckpt)[-1]
     model = create_model(config["model"]["name"], num_classes=num_classes, **_model_kwargs(config))
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(model_weights(checkpoint["state_dict"], kind), strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"the checkpoint's weights do not fit model '{config['model']['name']}': {e}") from None
     return model.eval(), kind
@@ -131,6 +98,7 @@ _SOURCE_WEIGHTS_KEYS = ("tag", "hf_hub_id", "url", "origin_url", "paper_ids", "p
 
 def _describe_weights(path: Path, config: dict[str, Any], license: str) -> None:
     """config.json describes these weights: drop what timm's pretrained_cfg says about its own weights."""
+    # by hand: timm's save_for_hf keeps its source weights' tag, licence and paper (it drops only their location)
     hf_config = json.loads(path.read_text())
     pretrained = {k: v for k, v in hf_config["pretrained_cfg"].items() if k not in _SOURCE_WEIGHTS_KEYS}
     pretrained["license"] = license
@@ -204,6 +172,7 @@ def _card(
     repo_id: str | None,
     own: bool,
 ) -> str:
+    """README.md: huggingface_hub's ModelCard with its metadata (ModelCardData) and the body written here."""
     name = config["model"]["name"]
     entry = None if name.startswith(TIMM_PREFIX) else get_entry(name)
     data = config["data"]
@@ -215,13 +184,7 @@ def _card(
     recipe = (config.get("recipe_info") or {}).get("name") or "none (the config's defaults)"
     optim, sched, trainer_cfg = config.get("optim", {}), config.get("sched", {}), config.get("trainer", {})
     source = f"hf-hub:{repo_id}" if repo_id else "local-dir:<this folder>"
-    front = {
-        "library_name": "timm",
-        "license": license,
-        "tags": ["image-classification", "timm", "trainer"],
-        "pipeline_tag": "image-classification",
-    }
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
+    lines = [f"# {name}", ""]
     if entry is not None:
         paper = entry.paper
         arxiv = f" ([arXiv:{paper.arxiv}](https://arxiv.org/abs/{paper.arxiv}))" if paper.arxiv else ""
@@ -299,16 +262,13 @@ def _card(
         f"Licence: {license}. Exported by trainer on {date.today().isoformat()}.",
         "",
     ]
-    return "\n".join(lines)
-
-
-def _shareable(folder: Path) -> None:
-    """The user's usual permissions (umask) on `folder` and its files: mkdtemp makes the folder owner-only (0700)
-    and safetensors writes 0600, which hides an export from the group on a shared cluster file system."""
-    mask = _umask()
-    folder.chmod(0o777 & ~mask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+    metadata = ModelCardData(
+        library_name="timm",
+        license=license,
+        tags=["image-classification", "timm", "trainer"],
+        pipeline_tag="image-classification",
+    )
+    return str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def export(
@@ -316,31 +276,26 @@ def export(
     out: str | Path,
     *,
     overwrite: bool = False,
-    weights: str = "auto",
+    weights: str | None = None,
     license: str = "apache-2.0",
     repo_id: str | None = None,
 ) -> Export:
-    """Write checkpoint `ckpt` as a timm-format folder `out` (see the module docstring)."""
+    """Write checkpoint `ckpt` as a timm-format folder `out` (see the module docstring) with `weights` (raw or ema;
+    null: the EMA weights where the run kept them)."""
     ckpt, out = Path(ckpt), Path(out)
     if out.exists() and not overwrite:
         raise HubError(f"export folder '{out}' exists; pass overwrite=true to replace it")
     checkpoint = read_checkpoint(ckpt)
     config = checkpoint["trainer_config"]
-    model, kind = rebuild(checkpoint, weights)
+    model, kind = rebuild(checkpoint, weights, ckpt)
     name = config["model"]["name"]
     own = not name.startswith(TIMM_PREFIX) and get_entry(name).source == "own"
     architecture = model.pretrained_cfg["architecture"]
 
-    # write everything to a sibling temporary folder, then swap it in: a failure never leaves half an export
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        from safetensors.torch import save_file
-        from timm.models._hub import save_config_for_hf
-
-        save_file(model.state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    with atomic_folder(out, overwrite=overwrite) as tmp:  # a failure never leaves half an export
         model_config = {"label_names": list(checkpoint.get("class_names") or [])}
-        save_config_for_hf(model, str(tmp / "config.json"), model_config, data_config=_data_config(config, model))
+        data_config = _data_config(config, model)
+        save_for_hf(model, str(tmp), model_config, safe_serialization=True, data_config=data_config)
         _describe_weights(tmp / "config.json", config, license)
         (tmp / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         run_dir = _run_dir(ckpt, config)
@@ -365,13 +320,6 @@ def export(
             own=own,
         )
         (tmp / "README.md").write_text(card)
-        _shareable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     return Export(out=out, architecture=architecture, weights=kind, files=files)
 
@@ -415,7 +363,7 @@ def publish(
     dry_run: bool = False,
     out: str | Path | None = None,
     overwrite: bool = False,
-    weights: str = "auto",
+    weights: str | None = None,
     license: str = "apache-2.0",
     echo: Callable[[str], None] = print,
 ) -> Export:
@@ -453,38 +401,3 @@ def publish(
     finally:
         if not keep:
             shutil.rmtree(folder.parent, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# command lines (scripts/export.py, scripts/publish.py)
-
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-
-
-def parse_args(argv: list[str], required: tuple[str, ...], optional: dict[str, Any]) -> dict[str, Any]:
-    """`key=value` arguments (and `--dry-run` as dry_run=true): unknown or missing keys fail with one line."""
-    args = dict(optional)
-    for arg in argv:
-        if arg.startswith("--"):
-            key, value = arg[2:].replace("-", "_"), "true"
-        elif "=" in arg:
-            key, value = arg.split("=", 1)
-        else:
-            raise ConfigError(
-                f"argument '{arg}' is not key=value; expected {', '.join(required)} and optionally "
-                f"{', '.join(optional)}"
-            )
-        if key not in required and key not in optional:
-            raise ConfigError(
-                f"unknown argument '{key}'; expected {', '.join(required)} and optionally {', '.join(optional)}"
-            )
-        if isinstance(optional.get(key), bool):
-            if value.lower() not in _TRUE + _FALSE:
-                raise ConfigError(f"{key}={value}: expected true or false")
-            args[key] = value.lower() in _TRUE
-        else:
-            args[key] = value
-    missing = [k for k in required if k not in args]
-    if missing:
-        raise ConfigError(f"missing {', '.join(f'{k}=...' for k in missing)}")
-    return args

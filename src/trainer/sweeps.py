@@ -12,15 +12,15 @@ raised), so a report lists failed points with their error instead of leaving the
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConfigError, UserError
+from trainer.io import atomic_write_text
 
 COMPOUND_KEYS = ("sweep.alpha", "sweep.beta", "sweep.gamma")
 PHI_KEY = "sweep.phi"
@@ -58,23 +58,6 @@ def no_point_error(candidates: Iterable[tuple[float, float, float]], target: flo
     )
 
 
-def enumerate_grid(
-    alphas: Sequence[float],
-    betas: Sequence[float],
-    gammas: Sequence[float],
-    target: float = 2.0,
-    tolerance: float = 0.1,
-) -> list[tuple[float, float, float]]:
-    """Every (alpha, beta, gamma) of the grid that satisfies the constraint, in grid order; none is a ConfigError
-    naming the closest product."""
-    check_constraint(target, tolerance)
-    grid = list(itertools.product(alphas, betas, gammas))
-    points = [p for p in grid if satisfies(*p, target=target, tolerance=tolerance)]
-    if not points:
-        raise no_point_error(grid, target, tolerance)
-    return points
-
-
 def check_point(phi: float, alpha: float, beta: float, gamma: float) -> None:
     """A compound-scaling point the builder can take: phi >= 0 and every base >= 1 (one-line ConfigError)."""
     if not phi >= 0:
@@ -107,9 +90,7 @@ def write_failure(job_dir: Path, error: BaseException) -> Path:
         "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
     }
     path = job_dir / FAILED_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 
 

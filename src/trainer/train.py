@@ -22,14 +22,16 @@ from trainer.builders import (
     check_recipe,
     effective_lr,
 )
+from trainer.compat import quiet_known_noise
 from trainer.engine import EpochThroughput
-from trainer.engine.compat import quiet_known_noise
 from trainer.engine.distributed import check_devices, process_rank
 from trainer.engine.loggers import announce
 from trainer.engine.resume import newest_readable, prune_hpc
 from trainer.engine.run_dir import check_reuse, complete_message, finished_run
 from trainer.engine.run_lock import RunLock
 from trainer.errors import CheckpointError, ConfigError
+from trainer.io import atomic_write_text
+from trainer.resolve import resolve_config
 
 RESUME_MODES = ("never", "auto")
 
@@ -81,15 +83,18 @@ def best_top1(checkpoint: Any) -> float | None:
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train `cfg.model` on `cfg.data`; returns (and writes to <run_dir>/results.json) the final metrics."""
-    run_dir = output_dir(cfg)
-    cfg.run_dir = str(run_dir)
+    """Train `cfg.model` on `cfg.data`; returns (and writes to <run_dir>/results.json) the final metrics.
+
+    The config is resolved once, first (trainer/resolve.py), and read only from then on; `print_config=true` prints it
+    as the run writes it to config.yaml and its checkpoints."""
+    cfg = resolve_config(cfg, run_dir=str(output_dir(cfg)))
+    run_dir = Path(cfg.run_dir)
+    if cfg.get("print_config") and process_rank() == 0:
+        print(OmegaConf.to_yaml(cfg), end="", flush=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path, finished = check_run_dir(cfg, run_dir)  # before anything is written into run_dir
     if finished:  # nothing left to train: report the run as it is, write nothing
@@ -131,8 +136,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         with quiet_known_noise(resuming=bool(ckpt_path)), warnings.catch_warnings():
-            # messages the user cannot act on (engine/compat.py); the data module keeps the loader's position
-            # itself (state_dict; data/datamodule.py), so Lightning's mid-epoch resume warning does not apply
+            # messages the user cannot act on (trainer/compat.py); the data module keeps the loader's position
+            # itself (state_dict; data/base.py), so Lightning's mid-epoch resume warning does not apply
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:

@@ -12,8 +12,9 @@ Hydra's BasicSweeper runs a cartesian product and stops at the first failed job'
   UserError included) writes `failed.json` into its job directory; the other points go on, and the sweep ends
   with a summary and exit status 1 when any failed.
 
-The plugin lives in this package (setuptools' namespace-package discovery ships `src/hydra_plugins`); trainer is
-imported lazily, because Hydra imports every plugin module of every application at start-up.
+The plugin lives in this package (setuptools' namespace-package discovery ships `src/hydra_plugins`); Hydra imports
+every plugin module of every application at start-up, so only trainer.compat (Hydra's BasicSweeper, the base class
+here) is imported with it (`import trainer`: torch and timm), the rest of trainer lazily.
 """
 
 # no `from __future__ import annotations`: Hydra's plugin scan executes this module outside sys.modules, where
@@ -23,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional  # noqa: UP035
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from trainer.compat import BasicSweeper, job_error, sweeper_params
 
 COMPOUND_MODES = (None, "grid", "scale")
 
@@ -98,7 +100,7 @@ class TrainerSweeper(BasicSweeper):
         if self.compound not in COMPOUND_MODES:
             raise ConfigError(f"hydra.sweeper.compound={self.compound} is not one of null, grid, scale")
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        overrides = parser.parse_overrides([*sweeper_params(self), *arguments])
         self.swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
         jobs = self.split_arguments(overrides, None)[0]
         if self.compound is None:
@@ -161,7 +163,7 @@ class TrainerSweeper(BasicSweeper):
             results = list(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
             for num, result in enumerate(results, start=initial_job_idx):
                 if result.status == JobStatus.FAILED:
-                    failed.append((num, str(result._return_value)))
+                    failed.append((num, str(job_error(result))))
             initial_job_idx += len(batch)
             returns.append(results)
         report = f"python scripts/sweep_report.py {sweep_dir}"

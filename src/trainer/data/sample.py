@@ -8,17 +8,15 @@ exactly the code path a real dataset does.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from trainer.errors import ConfigError, DataError
+from trainer.io import atomic_folder
 
 MARKER = ".complete"
 _SOURCE = "sklearn.datasets.load_digits"
@@ -52,24 +50,14 @@ def write_sample_set(root: str | os.PathLike, size: int = 32, val_fraction: floa
 
 
 def _write_atomically(root: Path, params: dict) -> None:
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling, not a system temp dir, so the final rename stays on one file system.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
-        _write_images(tmp, params)
-        (tmp / MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
-        try:
-            # An empty folder made by someone else (checked by the caller): rename cannot replace it everywhere.
-            with contextlib.suppress(FileNotFoundError):
-                if root.is_dir():
-                    root.rmdir()
-            os.replace(tmp, root)
-        except OSError:
-            # Another process (e.g. a second DDP rank) finished first; its set is as good as ours.
-            if not _is_complete(root, params):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(root) as tmp:  # beside root, not in a system temp dir: the rename stays on one file system
+            _write_images(tmp, params)
+            (tmp / MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
+    except OSError:
+        # Another process (e.g. a second DDP rank) finished first; its set is as good as ours.
+        if not _is_complete(root, params):
+            raise
 
 
 def _is_complete(root: Path, params: dict) -> bool:

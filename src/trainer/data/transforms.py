@@ -42,6 +42,9 @@ from timm.data.transforms import str_to_interp_mode
 from trainer.errors import ConfigError
 
 CROPS = ("random_resized", "scale_jitter", "center_random", "squash_random", "pad_random", "none")
+# conf/augment/imagenet.yaml's crop and flip (Szegedy et al. 2015, Sec. 6): a data module built without an
+# `augment` config trains with these (a test checks they stay the YAML's)
+IMAGENET_AUGMENT = {"crop": "random_resized", "scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3), "hflip": 0.5}
 PAPER_RESOLUTION = 224  # the crop the papers' pixel sizes belong to
 
 # AlexNet's PCA lighting: eigenvalues and eigenvectors of the RGB covariance of ImageNet training pixels (values

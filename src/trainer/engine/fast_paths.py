@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
+from trainer.compat import compiled_call, eager_call, set_compiled_call
+
 CUDA_ACCELERATORS = ("gpu", "cuda")
 
 
@@ -37,18 +39,18 @@ def compile_model(model: nn.Module, name: str, **compile_kwargs: Any) -> nn.Modu
     raised as it is (the model itself is broken, not its compilation).
     """
     model.compile(**compile_kwargs)
-    compiled = model._compiled_call_impl  # what nn.Module.__call__ runs when set (torch's own compile hook)
+    compiled = compiled_call(model)  # what nn.Module.__call__ runs when set (torch's own compile hook)
 
     @functools.wraps(compiled)
     def call_with_fallback(*args: Any, **kwargs: Any) -> Any:
         try:
             return compiled(*args, **kwargs)
         except Exception as compile_error:  # any compiler failure: the eager call below tells it from a bug
-            model._compiled_call_impl = None  # eager from now on
+            set_compiled_call(model, None)  # eager from now on
             try:
-                outputs = model._call_impl(*args, **kwargs)
+                outputs = eager_call(model)(*args, **kwargs)
             except Exception:
-                model._compiled_call_impl = call_with_fallback  # the model's own error, not the compiler's
+                set_compiled_call(model, call_with_fallback)  # the model's own error, not the compiler's
                 raise
             cause = compile_error
             # dynamo wraps the backend's error (BackendCompilerFailed.inner_exception): name the original
@@ -62,10 +64,10 @@ def compile_model(model: nn.Module, name: str, **compile_kwargs: Any) -> nn.Modu
             )
             return outputs
 
-    model._compiled_call_impl = call_with_fallback
+    set_compiled_call(model, call_with_fallback)
     return model
 
 
 def is_compiled(model: nn.Module) -> bool:
     """Whether calls to `model` go through torch.compile (false before compile_model and after a fallback)."""
-    return model._compiled_call_impl is not None
+    return compiled_call(model) is not None

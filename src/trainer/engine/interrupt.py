@@ -9,7 +9,7 @@ batch (a consistent state: the step done, its EMA update done, the loader's posi
 - the SLURM requeue signal (`slurm.requeue_signal`, with `slurm.auto_requeue`): runs Lightning's own handler then
   (hpc_ckpt_<n>.ckpt on every rank, `scontrol requeue` on rank 0).
 With several processes, rank 0's flag decides for all (broadcast each step, as Lightning broadcasts SIGTERM's).
-`resume=auto` then continues exactly where the run stopped (data/datamodule.py: the loader's position).
+`resume=auto` then continues exactly where the run stopped (data/base.py: the loader's position).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import lightning as L
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 
+from trainer.compat import cluster_environment, slurm_requeue_handler
 from trainer.engine.last_checkpoint import LastCheckpoint
 
 
@@ -42,7 +43,7 @@ class DeferredInterrupt(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._pending = None
         self._install(signal.SIGINT)
-        env = trainer._accelerator_connector.cluster_environment
+        env = cluster_environment(trainer)
         if isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal is not None:
             self._install(int(env.requeue_signal))  # replaces Lightning's handler, which we call at a step's end
 
@@ -74,4 +75,4 @@ class DeferredInterrupt(L.Callback):
                 + (f": saved {saver.last_model_path}; resume=auto continues from it" if saver else "")
             )
             raise KeyboardInterrupt
-        trainer._signal_connector._slurm_sigusr_handler_fn(pending, None)
+        slurm_requeue_handler(trainer)(pending, None)

@@ -2,8 +2,8 @@
 middle of an epoch every `every_n_steps` optimizer steps and/or every `every_n_minutes` minutes of training
 (`checkpoint.*` in conf/train.yaml). ModelCheckpoint takes only one of epochs, steps or a time interval; this keeps
 the epoch ends (what resume=auto and the sample set rely on) and adds the others. Writes are atomic
-(engine/checkpoint_io.py); a step checkpoint holds the loader's position, so a resumed run continues at the next
-batch (data/datamodule.py)."""
+(trainer/io.py); a step checkpoint holds the loader's position, so a resumed run continues at the next
+batch (data/base.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from trainer.compat import save_checkpoint_now, should_skip_checkpoint
 from trainer.errors import ConfigError
 
 
@@ -42,13 +43,11 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)  # no-op: no step trigger of Lightning's
         if (self.every_n_steps is None and self.every_n_minutes is None) or not self._step_due(trainer):
             return
-        if self._should_skip_saving_checkpoint(trainer):
+        if should_skip_checkpoint(self, trainer):
             return
         self.save_now(trainer)
 
     def save_now(self, trainer: L.Trainer) -> None:
         """Write step=<n>.ckpt and point last.ckpt at it, now (also used on Ctrl-C: engine/interrupt.py)."""
-        candidates = self._monitor_candidates(trainer)
-        self._save_topk_checkpoint(trainer, candidates)
-        self._save_last_checkpoint(trainer, candidates)
+        save_checkpoint_now(self, trainer)
         self._last_step_save = time.monotonic()

@@ -11,21 +11,19 @@ import csv
 import logging
 
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from trainer.compat import csv_writer_keeping_files, logger_experiment, logger_fs, set_logger_experiment
 
 
-class _AppendingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:
-        pass  # keep the previous metrics.csv
-
+class _AppendingWriter(csv_writer_keeping_files()):  # keeps the previous metrics.csv
     def truncate_after(self, step: int) -> None:
-        if not self._fs.isfile(self.metrics_file_path):
+        if not logger_fs(self).isfile(self.metrics_file_path):
             return
-        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+        with logger_fs(self).open(self.metrics_file_path, "r", newline="") as f:
             reader = csv.DictReader(f)
             fields = reader.fieldnames or []
             rows = [r for r in reader if not r.get("step") or int(r["step"]) < step]
-        with self._fs.open(self.metrics_file_path, "w", newline="") as f:
+        with logger_fs(self).open(self.metrics_file_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
@@ -35,14 +33,14 @@ class _AppendingWriter(ExperimentWriter):
 class ResumableCSVLogger(CSVLogger):
     @property
     def experiment(self) -> _AppendingWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+        if logger_experiment(self) is None:
+            logger_fs(self).makedirs(self.root_dir, exist_ok=True)
+            set_logger_experiment(self, _AppendingWriter(log_dir=self.log_dir))
+        return logger_experiment(self)
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged at or after `step` (called when a run resumes from a checkpoint at that step)."""
-        if self._experiment is None and not self._fs.isfile(f"{self.log_dir}/metrics.csv"):
+        if logger_experiment(self) is None and not logger_fs(self).isfile(f"{self.log_dir}/metrics.csv"):
             return
         self.experiment.truncate_after(step)
 

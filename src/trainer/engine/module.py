@@ -16,6 +16,7 @@ from timm.utils import ModelEmaV3
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from trainer.compat import data_fetcher, logger_connector, should_accumulate
 from trainer.engine.device_mean import DeviceMean
 from trainer.errors import CheckpointError, ConfigError, NonFiniteLossError
 
@@ -175,7 +176,7 @@ class ClassificationModule(L.LightningModule):
         # Lightning made the first training iterator before restoring the checkpoint's epoch (to count steps for the
         # schedule); where the data depends on the epoch (FFCV's order, progressive resizing), make it again now.
         stale = getattr(self.trainer.datamodule, "train_iterator_is_stale", None)
-        fetcher = getattr(self.trainer.fit_loop, "_data_fetcher", None)
+        fetcher = data_fetcher(self.trainer)
         if stale is not None and fetcher is not None and stale():
             iter(fetcher)
         if self._rng_to_restore is not None:  # last: making the iterator may draw (worker seeds)
@@ -284,8 +285,8 @@ class ClassificationModule(L.LightningModule):
         (which convert at logging steps anyway) and reaches the progress bar in on_train_batch_end of those steps."""
         self._train_loss_epoch.add(loss, batch_size)
         self._train_loss_window.add(loss, batch_size)
-        connector = self.trainer._logger_connector  # Lightning's own rule for the steps it sends to the loggers
-        if connector.should_update_logs and not self.trainer.fit_loop._should_accumulate():
+        connector = logger_connector(self.trainer)  # Lightning's own rule for the steps it sends to the loggers
+        if connector.should_update_logs and not should_accumulate(self.trainer):
             self._check_nonfinite()  # a logging step waits for the device anyway
             self._pbar_loss = self._train_loss_window.pop()
             self.log("train/loss_step", self._pbar_loss, on_step=True, on_epoch=False, batch_size=batch_size)

@@ -9,11 +9,12 @@ import timm.optim
 import torch
 import torch.nn as nn
 
+from trainer.compat import ConvNd, NormBase
 from trainer.errors import ConfigError, close_matches
 
 # Parameters of these modules are never weight-decayed unless asked (scale/shift of a normalisation).
 NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
+    NormBase,
     nn.GroupNorm,
     nn.LayerNorm,
     nn.LocalResponseNorm,
@@ -34,7 +35,7 @@ def scale_lr(lr: float, ref_batch_size: int | None, global_batch_size: int | Non
 
 def is_depthwise(module: nn.Module) -> bool:
     """A depthwise convolution: one filter per input channel (groups == in_channels > 1)."""
-    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.groups == module.in_channels
+    return isinstance(module, ConvNd) and module.groups > 1 and module.groups == module.in_channels
 
 
 def param_groups(

@@ -5,15 +5,17 @@ the last-checkpoint callback keeps, conf/callbacks/default.yaml) and the `hpc_ck
 SLURM's requeue signal; `best.ckpt` is not one (it may be epochs old). Newest means the most recent write, which
 is also the most progress: a run only moves forward. A candidate that cannot be loaded (a node lost in the middle
 of a write on a file system without atomic rename, a disk error) is skipped with a warning naming it, and the
-next newest is used. Writes are atomic (engine/checkpoint_io.py), so this is the second line of defence.
+next newest is used. Writes are atomic (trainer/io.py), so this is the second line of defence.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
+
+from trainer.errors import CheckpointError
+from trainer.io import load
 
 RESUMABLE = ("last.ckpt", "step=*.ckpt", "hpc_ckpt_*.ckpt")
 HPC_KEEP = 2  # requeue checkpoints kept; older ones are removed once a newer one is known to be readable
@@ -28,9 +30,9 @@ def resume_candidates(ckpt_dir: Path) -> list[Path]:
 def readable(path: Path) -> str | None:
     """None if `path` loads as a Lightning checkpoint, else why not (one line)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:  # any failure to load means: do not resume from it
-        return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        checkpoint = load(path, what="checkpoint", mmap=True)  # as resuming will read it (trainer/io.py)
+    except CheckpointError as e:  # any failure to load means: do not resume from it
+        return e.one_line()
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
         return "not a training checkpoint (no state_dict / global_step)"
     return None

@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from trainer.errors import ConfigError
+from trainer.io import load
 
 RUN_FILES = ("config.yaml", "metrics.csv", "results.json")
 
@@ -54,7 +54,7 @@ def _completed_epochs(checkpoint: dict[str, Any]) -> int:
 def finished_run(cfg: DictConfig, ckpt_path: str) -> dict[str, Any] | None:
     """If training from `ckpt_path` to `cfg.trainer`'s limits has nothing left to do, what the run reached:
     {"epochs", "global_step", "results" (results.json, or None where it is missing)}; else None."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = load(ckpt_path, what="checkpoint", mmap=True)
     epochs, step = _completed_epochs(checkpoint), int(checkpoint.get("global_step", 0))
     max_epochs = cfg.trainer.get("max_epochs")
     max_steps = cfg.trainer.get("max_steps")

@@ -22,6 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from trainer.compat import logger_experiment, set_logger_experiment, set_wandb_run_id, wandb_init_args, wandb_run_id
+
 RUN_ID_FILE = "run-id.txt"
 
 
@@ -73,24 +75,25 @@ class RunLogger(WandbLogger):
         self._best_callback: ModelCheckpoint | None = None
         # Lightning always passes anonymous=None, which wandb 0.31 answers with "The anonymous setting has no
         # effect" on every run; and wandb's end-of-run history and summary (about 30 lines) repeat results.json
-        if self._wandb_init.get("anonymous") is None:
-            self._wandb_init.pop("anonymous", None)
-        self._wandb_init.setdefault("settings", {"quiet": True})
+        init = wandb_init_args(self)
+        if init.get("anonymous") is None:
+            init.pop("anonymous", None)
+        init.setdefault("settings", {"quiet": True})
 
     @property
     def experiment(self) -> Any:
-        if self._experiment is None and rank_zero_only.rank == 0:
+        if logger_experiment(self) is None and rank_zero_only.rank == 0:
             import wandb
             from wandb.sdk.lib.runid import generate_id
 
-            if wandb.run is not None and wandb.run.id != self._id:  # an earlier run in this process, left open
+            if wandb.run is not None and wandb.run.id != wandb_run_id(self):  # an earlier run, left open
                 wandb.finish()
-            if self._id is None:
-                self._id = self._wandb_init["id"] = generate_id()
-            self.run_dir.joinpath("wandb", RUN_ID_FILE).write_text(self._id + "\n")
+            if wandb_run_id(self) is None:
+                set_wandb_run_id(self, generate_id())
+            self.run_dir.joinpath("wandb", RUN_ID_FILE).write_text(wandb_run_id(self) + "\n")
             config = self.run_dir / "config.yaml"  # written by train() before fitting, when the run is created
-            if config.is_file() and "config" not in self._wandb_init:
-                self._wandb_init["config"] = yaml.safe_load(config.read_text())
+            if config.is_file() and "config" not in wandb_init_args(self):
+                wandb_init_args(self)["config"] = yaml.safe_load(config.read_text())
         return super().experiment
 
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
@@ -119,8 +122,9 @@ class RunLogger(WandbLogger):
     @rank_zero_only
     def log_results(self, results: dict[str, Any]) -> None:
         """The run's final results (results.json) into the run summary, then close the run."""
-        if self._experiment is None:
+        experiment = logger_experiment(self)
+        if experiment is None:
             return
-        self._experiment.summary.update({f"final/{k}": v for k, v in results.items() if v is not None})
-        self._experiment.finish()
-        self._experiment = None
+        experiment.summary.update({f"final/{k}": v for k, v in results.items() if v is not None})
+        experiment.finish()
+        set_logger_experiment(self, None)

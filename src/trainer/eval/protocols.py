@@ -46,7 +46,7 @@ class Protocol:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     scales: tuple[int, ...] = ()
-    flips: bool = True  # mirrored views too; false where training never flipped (data/augment hflip of 0)
+    flips: bool = True  # mirrored views too; false where training never flipped (augment.hflip of 0)
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:

@@ -7,27 +7,23 @@ Every function takes an image tensor (C, H, W), already resized and normalised, 
 from __future__ import annotations
 
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 
 def corner_and_center_crops(image: torch.Tensor, size: int) -> list[torch.Tensor]:
     """Top-left, top-right, bottom-left, bottom-right and centre crops of `size` x `size`."""
+    *corners, _ = TF.five_crop(image, [size, size])
+    # the centre by hand: five_crop's rounds half to even, a pixel past ours (and three_squares') at margins of 3 mod 4
     height, width = image.shape[-2:]
-    if min(height, width) < size:
-        raise ValueError(f"a {height}x{width} image is smaller than the {size} px crop")
-    top, left = (height - size) // 2, (width - size) // 2
-    return [
-        image[..., :size, :size],
-        image[..., :size, width - size :],
-        image[..., height - size :, :size],
-        image[..., height - size :, width - size :],
-        image[..., top : top + size, left : left + size],
-    ]
+    return [*corners, TF.crop(image, (height - size) // 2, (width - size) // 2, size, size)]
 
 
 def with_flips(views: list[torch.Tensor], flips: bool = True) -> torch.Tensor:
     """The views followed by their horizontal mirror images, stacked: (2V, C, H, W); (V, C, H, W) without `flips`
     (data that never flips in training, where a mirrored view is an image the network never saw)."""
     stacked = torch.stack(views)
+    # not torchvision's ten_crop: it crops the mirrored image, so its mirrors come in another order and, for an odd
+    # margin, its mirrored centre is not the centre's mirror
     return torch.cat([stacked, stacked.flip(-1)]) if flips else stacked
 
 

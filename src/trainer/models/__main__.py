@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from trainer.io import atomic_write_text
 from trainer.models import get_entry, list_models
 from trainer.models.catalogue import CIFAR_PROTOCOLS
 from trainer.models.complexity import complexity
@@ -46,10 +47,7 @@ def cached_macs(names: list[str], path: Path | None = None) -> dict[str, int]:
     for name in missing:
         known[name] = complexity(name).macs
     if missing:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({key: known}, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps({key: known}, indent=1, sort_keys=True) + "\n")
     return {n: known[n] for n in names}
 
 

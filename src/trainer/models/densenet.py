@@ -13,8 +13,9 @@ paper's Table 1 or Table 3: it comes from the authors' released models, so it ha
 from typing import Any
 
 from timm.models import generate_default_cfgs, register_model
-from timm.models.densenet import DenseNet, _create_densenet
+from timm.models.densenet import DenseNet
 
+from trainer.compat import create_densenet
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 
 PAPER = Paper("Densely Connected Convolutional Networks", "Huang, Liu, van der Maaten, Weinberger", 2017, "1608.06993")
@@ -36,7 +37,7 @@ default_cfgs = generate_default_cfgs(
 def densenet264(pretrained: bool = False, **kwargs: Any) -> DenseNet:
     """DenseNet-264 (k=32) as in Table 1 of the paper: plain stem, blocks (6, 12, 64, 48)."""
     model_args = dict(growth_rate=32, block_config=(6, 12, 64, 48), stem_type="")
-    return _create_densenet("densenet264", pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_densenet("densenet264", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 # name, params at 1000 classes, paper top-1 / top-5 (single crop), source

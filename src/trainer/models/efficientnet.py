@@ -30,9 +30,9 @@ from typing import Any
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
-from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT
-from timm.models.efficientnet import EfficientNet, _gen_efficientnet
+from timm.models.efficientnet import EfficientNet
 
+from trainer.compat import BN_EPS_TF_DEFAULT, gen_efficientnet
 from trainer.errors import ConfigError
 from trainer.models.catalogue import ModelEntry, Paper, register
 
@@ -85,7 +85,7 @@ def efficientnet(
     kwargs.setdefault("bn_eps", BN_EPS_TF_DEFAULT)  # the TF form, as tf_efficientnet_b*
     kwargs.setdefault("bn_momentum", BN_MOMENTUM)
     kwargs.setdefault("pad_type", "same")
-    model = _gen_efficientnet(
+    model = gen_efficientnet(
         f"efficientnet_phi{phi:g}",
         channel_multiplier=beta**phi,
         depth_multiplier=alpha**phi,

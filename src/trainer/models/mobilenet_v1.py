@@ -20,8 +20,9 @@ from typing import Any
 
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import generate_default_cfgs, register_model
-from timm.models.efficientnet import EfficientNet, _gen_mobilenet_v1
+from timm.models.efficientnet import EfficientNet
 
+from trainer.compat import gen_mobilenet_v1
 from trainer.models.catalogue import ModelEntry, Paper, pretrained_cfg, register
 
 PAPER = Paper(
@@ -50,19 +51,19 @@ default_cfgs = generate_default_cfgs({"mobilenetv1_075": _cfg(), "mobilenetv1_05
 @register_model
 def mobilenetv1_075(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
     """MobileNet v1, width multiplier 0.75."""
-    return _gen_mobilenet_v1("mobilenetv1_075", 0.75, pretrained=pretrained, **kwargs)
+    return gen_mobilenet_v1("mobilenetv1_075", 0.75, pretrained=pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv1_050(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
     """MobileNet v1, width multiplier 0.5."""
-    return _gen_mobilenet_v1("mobilenetv1_050", 0.5, pretrained=pretrained, **kwargs)
+    return gen_mobilenet_v1("mobilenetv1_050", 0.5, pretrained=pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv1_025(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
     """MobileNet v1, width multiplier 0.25."""
-    return _gen_mobilenet_v1("mobilenetv1_025", 0.25, pretrained=pretrained, **kwargs)
+    return gen_mobilenet_v1("mobilenetv1_025", 0.25, pretrained=pretrained, **kwargs)
 
 
 # width tag -> (timm builder, params at 1000 classes)

@@ -1,25 +1,23 @@
 """Starting from weights users already have: `model.init_from=<path>`.
 
-Reads a state_dict or a checkpoint (Lightning, timm or torchvision files, e.g. from the torch hub cache), unwraps
-it, strips wrapper prefixes, maps keys where the layouts differ (the model module's timm-style
-`checkpoint_filter_fn`), drops tensors whose shapes do not fit (a classifier for other classes), and reports what
-was missing or unexpected.
+Reads a state_dict or a checkpoint (Lightning, timm or torchvision files, e.g. from the torch hub cache) as
+tensors only (trainer/io.py), unwraps it, strips wrapper prefixes, maps keys where the layouts differ (the
+model module's timm-style `checkpoint_filter_fn`), drops tensors whose shapes do not fit (a classifier for other
+classes), and reports what was missing or unexpected.
 """
 
 from __future__ import annotations
 
 import inspect
-import pickle
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from trainer.errors import CheckpointError
+from trainer.io import has_ema, load, strip_prefixes
 
 _WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")  # DDP, our LightningModule, torch.compile
 _STATE_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
@@ -48,52 +46,22 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def load_tensors_only(path: str | Path) -> Any:
-    """`torch.load(path, weights_only=True)`: tensors and plain containers, never arbitrary pickled objects (a
-    pickle can run code when unpickled). A file that needs more is refused with one line saying so."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f" (e.g. {found.group(1)})" if found else ""
-        raise CheckpointError(
-            f"'{path}' holds pickled Python objects{what}, not only tensors; refusing to unpickle it since that can "
-            f"run code: re-save it as a plain state_dict (torch.save(model.state_dict(), ...)) or as safetensors"
-        ) from None
-    except Exception as e:  # a torn or foreign file: say which
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"cannot read weights file '{path}': {type(e).__name__}: {reason}") from None
-
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors in a weights or checkpoint file, with wrapper prefixes removed."""
+    """The tensors in a weights or checkpoint file (read by trainer.io.load), with wrapper prefixes
+    removed."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model.init_from '{path}' does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            obj = load_file(str(path))
-        except Exception as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise CheckpointError(f"cannot read weights file '{path}': {type(e).__name__}: {reason}") from None
-    else:
-        obj = load_tensors_only(path)
+    obj = load(path)
     for key in _STATE_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"'{path}' holds no state_dict of tensors")
-    if any(k.startswith("ema.module.") for k in obj) and any(not k.startswith("ema.") for k in obj):
+    if has_ema(obj) and any(not k.startswith("ema.") for k in obj):
         obj = {k: v for k, v in obj.items() if not k.startswith("ema.")}  # our checkpoints: the raw weights
-    state = {}
-    for k, v in obj.items():
-        while k.startswith(_WRAPPER_PREFIXES):  # in any order: "model._orig_mod.module.x" -> "x"
-            k = k[k.index(".") + 1 :]
-        state[k] = v
-    return state
+    return strip_prefixes(obj, _WRAPPER_PREFIXES)
 
 
 def _filter_fn(model: nn.Module):

@@ -1,14 +1,14 @@
-"""LightningDataModule over FFCV .beton files, with the folder data module's config keys and semantics.
+"""LightningDataModule over FFCV .beton files, with the folder data module's config keys and semantics (the
+shared base, trainer.data.base.ImageDataModule).
 
 `data=imagenet_ffcv` / `data=sample_ffcv` are drop-in options beside `data=imagenet` / `data=sample`: the same
 class index (sorted class folders, checked against the class index written beside each .beton), batch keys (global
 batch split over devices, drop_last for training only), crops and normalisation:
 
-- training: RandomResizedCrop (`train_scale`, `train_ratio`, or the recipe's `augment.scale` / `ratio`) + horizontal
-  flip, in ffcv's decoder; the recipes' `scale_jitter`, `center_random` and `squash_random` crops as decoders of
-  their own (trainer.data.ffcv_ops); AutoAugment, rotation, colour jitter and PCA lighting as batched tensor ops on
-  the training device
-  after loading (trainer.data.batch_augment, applied in `on_after_batch_transfer`);
+- training: RandomResizedCrop (`augment.scale`, `augment.ratio`) + horizontal flip (`augment.hflip`), in ffcv's
+  decoder; the recipes' `scale_jitter`, `center_random` and `squash_random` crops as decoders of their own
+  (trainer.data.ffcv.ops); AutoAugment, rotation, colour jitter and PCA lighting as batched tensor ops on
+  the training device after loading (trainer.data.batch_augment, applied in `on_after_batch_transfer`);
 - validation: a centre crop at the model's crop ratio, resized to `resolution` (ffcv's CenterCropRGBImageDecoder);
 - the model's mean/std.
 
@@ -24,32 +24,26 @@ once on the crop; the validation crop is taken before resizing (the folder loade
 region up to rounding, resampled differently unless no resampling is needed); images written in `jpg` or
 `proportion` mode were re-encoded as JPEG at writing; undecodable images were skipped when the file was written;
 ffcv's loader workers are threads in this process (`num_workers`). The order follows `seed` and the epoch, and the
-random crops and flips follow `seed`, the epoch and the image (trainer.data.ffcv_ops, "Seeded augmentation"): two
+random crops and flips follow `seed`, the epoch and the image (trainer.data.ffcv.ops, "Seeded augmentation"): two
 runs with the same seed read the same batches, and a resumed run those of the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from trainer.data.base import ImageDataModule
 from trainer.data.batch_augment import BatchAugment, needs_batch_augment
-from trainer.data.beton import (
-    BetonInfo,
-    WriteOptions,
-    check_beton,
-    check_class_mapping,
-    ensure_beton,
-    require_ffcv,
-)
-from trainer.data.datamodule import ImageFolderDataModule
+from trainer.data.ffcv.convert import ensure_beton
+from trainer.data.ffcv.format import BetonInfo, check_beton, check_class_mapping, require_ffcv
+from trainer.data.ffcv.writer import WriteOptions
 from trainer.data.folder import validate_layout
-from trainer.data.transforms import CROPS, _scaled
 from trainer.errors import ConfigError, DataError
 
 ORDERS = ("auto", "random", "quasi_random", "sequential")
@@ -58,9 +52,9 @@ DEVICE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
 SAMPLE_WRITE = {"write_mode": "raw", "max_resolution": None, "page_size": 1 << 21, "num_workers": 2}
 
 
-class FFCVDataModule(ImageFolderDataModule):
+class FFCVDataModule(ImageDataModule):
     """Train/val loaders over `train_beton` / `val_beton` (written by scripts/write_ffcv.py from an ImageNet-layout
-    folder); every other key as ImageFolderDataModule's.
+    folder); every other key as ImageFolderDataModule's (trainer.data.base.ImageDataModule).
 
     `root` is the source folder: where the .beton files were written from, or (with `sample=True`) where the
     bundled sample set is written and converted once. When it exists its class folders must match the class
@@ -69,8 +63,10 @@ class FFCVDataModule(ImageFolderDataModule):
     ffcv's, let the OS page cache hold the file (true) or ffcv's own process cache (false). `batches_ahead`:
     batches prepared in advance. `device_dtype`: the dtype of normalised images on a CUDA device (`auto`: from
     the trainer's precision). `verify`: compare the sha256 of the whole files once at setup. `write`: how the
-    sample set is written (trainer.data.beton.WriteOptions). `dataset`: the named data set the files hold
-    (`cifar10`, `cifar100`: the paper figures a report compares with), null for any other.
+    sample set is written (trainer.data.ffcv.writer.WriteOptions). `dataset`: the named data set the files hold
+    (`cifar10`, `cifar100`: the paper figures a report compares with), null for any other. `pin_memory` and
+    `persistent_workers` (data=imagefolder's keys) are not used: ffcv pins its own buffers, and its threads live as
+    long as the loader.
     """
 
     def __init__(
@@ -91,12 +87,7 @@ class FFCVDataModule(ImageFolderDataModule):
         **kwargs: Any,
     ) -> None:
         require_ffcv(f"the FFCV data module ({Path(str(train_beton)).name}, {Path(str(val_beton)).name})")
-        super().__init__(
-            root="" if root is None else str(root),
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            **kwargs,
-        )
+        super().__init__(root=root, **kwargs)
         if order not in ORDERS:
             raise ConfigError(f"data.order='{order}' is not one of {', '.join(ORDERS)}")
         if device_dtype != "auto" and device_dtype not in DEVICE_DTYPES:
@@ -162,11 +153,6 @@ class FFCVDataModule(ImageFolderDataModule):
 
     # -- pipelines ---------------------------------------------------------------------------------------------
 
-    def setup(self, stage: str | None = None) -> None:
-        self._check_transform_config()
-        _ = self.per_device_batch_size
-        _ = self.classes
-
     def _device(self) -> torch.device:
         if self.loader_device is not None:
             return torch.device(self.loader_device)
@@ -205,7 +191,7 @@ class FFCVDataModule(ImageFolderDataModule):
         from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
         from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
-        from trainer.data.ffcv_ops import DeviceNormalize, ExactNormalize
+        from trainer.data.ffcv.ops import DeviceNormalize, ExactNormalize, train_decoder
 
         mean, std = tuple(self.mean), tuple(self.std)
         resolution = int(self.resolution)
@@ -246,7 +232,7 @@ class FFCVDataModule(ImageFolderDataModule):
         return {"image": image, "label": label}
 
     def _loader(self, split: str) -> Any:
-        from trainer.data.ffcv_ops import Loader
+        from trainer.data.ffcv.loader import Loader
 
         train = split == "train"
         info = self.info(split)
@@ -282,7 +268,7 @@ class FFCVDataModule(ImageFolderDataModule):
                 batches_ahead=self.batches_ahead,
                 epoch=(lambda: trainer.current_epoch) if train and trainer is not None else None,
                 before_epoch=self._begin_train_epoch if train else None,
-                recompile=train,  # the epoch's augmentation seed is compiled in (ffcv_ops, "Seeded augmentation")
+                recompile=train,  # the epoch's augmentation seed is compiled in (ffcv/ops.py, "Seeded augmentation")
             )
         except (ConfigError, DataError):
             raise
@@ -303,7 +289,7 @@ class FFCVDataModule(ImageFolderDataModule):
     def _begin_train_epoch(self, epoch: int | None = None) -> int:
         skip = super()._begin_train_epoch(epoch)
         if self._train_decoder is not None and self._iterator_epoch is not None:
-            from trainer.data.ffcv_ops import epoch_seed
+            from trainer.data.ffcv.ops import epoch_seed
 
             self._train_decoder.epoch_seed = epoch_seed(self.seed, self._iterator_epoch)
         return skip
@@ -335,42 +321,35 @@ class FFCVDataModule(ImageFolderDataModule):
     def teardown(self, stage: str | None = None) -> None:
         self._close()
 
+    # -- evaluation (evaluate.py) ------------------------------------------------------------------------------
 
-def train_decoder(augment: Mapping[str, Any], output: int, resolution: int) -> Any:
-    """The training image decoder for `augment` (conf/augment): its crop, resized to `output` px, at the data's
-    `resolution` (the crop sizes of `augment` are at 224 px and scaled to it). Our seeded crop decoders draw the flip
-    too, seeded per image (ffcv_ops, "Seeded augmentation")."""
-    decoder = _train_crop(augment, output, resolution)
-    if hasattr(decoder, "epoch_seed"):
-        decoder.flip = float(augment.get("hflip") or 0.0)
-    return decoder
+    def prepare_eval(self, split: str) -> None:
+        """`val` reads the validation file, the training split the training file; FFCV data has no other."""
+        if split != "val":
+            if split != self.train_split:
+                raise ConfigError(
+                    f"eval.split={split}: FFCV data has a train and a val file; set data.val_beton=<file>"
+                )
+            self.val_beton = self.train_beton
+        super().prepare_eval(split)
 
-
-def _train_crop(augment: Mapping[str, Any], output: int, resolution: int) -> Any:
-    from trainer.data.ffcv_ops import (
-        CenterRandomCropRGBImageDecoder,
-        ScaleJitterRGBImageDecoder,
-        SeededRandomResizedCropRGBImageDecoder,
-        SquashRandomCropRGBImageDecoder,
-    )
-
-    crop = augment.get("crop", "random_resized")
-    size = (output, output)
-    if crop == "random_resized":
-        return SeededRandomResizedCropRGBImageDecoder(
-            size, scale=tuple(augment["scale"]), ratio=tuple(augment["ratio"])
-        )
-    if crop == "scale_jitter":
-        low, high = (_scaled(s, resolution) for s in augment["jitter_sizes"])
-        if not 0 < low <= high:
-            raise ConfigError(f"augment.jitter_sizes={list(augment['jitter_sizes'])} is not a range of sizes")
-        return ScaleJitterRGBImageDecoder(size, low, high, resolution)
-    if crop == "center_random":
-        return CenterRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
-    if crop == "squash_random":
-        return SquashRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
-    if crop in ("pad_random", "none"):  # CIFAR: images stored at their size; RandomTranslate pads and crops
-        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-
-        return SimpleRGBImageDecoder()
-    raise ConfigError(f"augment.crop='{crop}' is not one of {', '.join(CROPS)}")
+    def eval_dataloader(
+        self,
+        transform: Callable | None = None,
+        *,
+        protocol: str = "center",
+        device: torch.device | None = None,
+        collate_fn: Callable | None = None,
+    ) -> Iterable:
+        """The centre crop: the FFCV validation pipeline itself (the .beton named by data.val_beton) on `device`
+        (default: the trainer's); a protocol's own `transform`: the image folders under `root`, as the folder data
+        module reads them. Under a trainer with several processes, either is this rank's exact, unpadded share."""
+        if transform is None:
+            self.loader_device = device
+            return self.val_dataloader()
+        if not Path(self.root, self.eval_split).is_dir():
+            raise ConfigError(
+                f"eval.protocol={protocol} reads the image folders, and data.root '{self.root}' has no "
+                f"'{self.eval_split}' folder (the FFCV files serve eval.protocol=center)"
+            )
+        return super().eval_dataloader(transform, protocol=protocol, device=device, collate_fn=collate_fn)

@@ -8,7 +8,7 @@ module imports this module only once ffcv is known to import).
   NormalizeImage needs cupy on the GPU, and knows no bfloat16); the output is channels-last.
 - `ScaleJitterRGBImageDecoder`, `CenterRandomCropRGBImageDecoder`, `SquashRandomCropRGBImageDecoder`: the recipes'
   `scale_jitter` (VGG, ResNet), `center_random` (AlexNet) and `squash_random` crops as ffcv decoders: the crop the
-  folder loader takes, located in the stored image and resized once.
+  folder loader takes, located in the stored image and resized once; `train_decoder()` picks the recipe's.
 - Seeded augmentation: ffcv's random crops and flips draw from numba's generator, one per thread, never seeded.
   The training decoders here (`SeededRandomResizedCropRGBImageDecoder` and the crop decoders above) seed it before each
   image's crop and flip with a function of (`seed`, epoch, the image's index in the file), as the folder loader
@@ -17,66 +17,38 @@ module imports this module only once ffcv is known to import).
   stricter reading: the same image gets the same crop in an epoch whatever the rank, the batch it lands in, the
   thread count or the batches skipped on resume. The epoch's seed is compiled into the pipeline, so the training
   pipeline is compiled again at each epoch start (a few seconds; ffcv's `recompile`).
-- `Loader`: ffcv's Loader made safe for Lightning. ffcv recycles `batches_ahead + 2` output buffers and assumes the
-  consumer holds one batch; Lightning holds two (it fetches the next batch before training on the current one),
-  so one more buffer than the queue can fill is kept. The epoch that seeds the order comes from the trainer, and
-  QUASI_RANDOM no longer depends on how many orders were drawn before (a resumed run reads the order the
-  uninterrupted one would), `before_epoch` runs as each epoch's iterator is made
-  (the moment its buffers are sized: progressive resizing), an abandoned epoch's thread is stopped when the next one
-  starts, the buffers are reused from epoch to epoch while their shapes hold (ffcv makes new ones every epoch), and
-  torch's thread count is left alone (ffcv sets it to its loader threads). This module imports ffcv:
-  import it after trainer.data.beton.require_ffcv() (which keeps torch's threads as they were).
+
+The loader itself is trainer.data.ffcv.loader's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
-from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, get_random_crop
-from ffcv.libffcv import imdecode, resize_crop
-from ffcv.loader import Loader as _FFCVLoader
-from ffcv.loader.epoch_iterator import EpochIterator as _FFCVEpochIterator
-from ffcv.pipeline import compiler as _compiler
+from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder, SimpleRGBImageDecoder
 from ffcv.pipeline.allocation_query import AllocationQuery
-from ffcv.pipeline.graph import Graph
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 from ffcv.transforms import NormalizeImage
-from ffcv.traversal_order import QuasiRandom
+
+from trainer.compat import FFCV_IMAGE_MODES, ffcv_get_random_crop, ffcv_imdecode, ffcv_resize_crop
+from trainer.data.transforms import CROPS, _scaled
+from trainer.errors import ConfigError
 
 __all__ = [
     "CenterRandomCropRGBImageDecoder",
     "DeviceNormalize",
     "ExactNormalize",
-    "Loader",
     "ScaleJitterRGBImageDecoder",
     "SeededRandomResizedCropRGBImageDecoder",
     "SquashRandomCropRGBImageDecoder",
+    "epoch_seed",
+    "train_decoder",
 ]
-
-
-class _TorchKeepingThreads:
-    """torch, as ffcv's compiler module sees it, minus `set_num_threads` (ffcv would set torch's intra-op threads
-    to its loader threads for the whole process, e.g. 1 for `data.num_workers=1`, slowing CPU training; the
-    change made by importing ffcv is undone by trainer.data.beton.require_ffcv)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-    @staticmethod
-    def set_num_threads(n: int) -> None:
-        pass
-
-
-_compiler.ch = _TorchKeepingThreads()
 
 
 def torchvision_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -175,11 +147,11 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
     def generate_code(self) -> Callable:
         from ffcv.pipeline.compiler import Compiler
 
-        jpg = IMAGE_MODES["jpg"]
+        jpg = FFCV_IMAGE_MODES["jpg"]
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
-        resize_crop_c = Compiler.compile(resize_crop)
+        imdecode_c = Compiler.compile(ffcv_imdecode)
+        resize_crop_c = Compiler.compile(ffcv_resize_crop)
         get_crop_c = Compiler.compile(self.get_crop_generator)
         scale = np.asarray(self.scale, dtype=np.float64)
         ratio = np.asarray(self.ratio, dtype=np.float64)
@@ -225,7 +197,7 @@ class SeededRandomResizedCropRGBImageDecoder(SeededCropDecoder):
 
     @property
     def get_crop_generator(self) -> Callable:
-        return get_random_crop
+        return ffcv_get_random_crop
 
 
 class ScaleJitterRGBImageDecoder(SeededCropDecoder):
@@ -269,110 +241,32 @@ class CenterRandomCropRGBImageDecoder(SquashRandomCropRGBImageDecoder):
         return _center_random_crop
 
 
-def _describe(requirements: Mapping[str, Mapping[int, Any]]) -> tuple:
-    """The shapes, dtypes and devices of a pipeline's allocation queries (what its buffers must be)."""
-
-    def one(query: Any) -> Any:
-        if isinstance(query, AllocationQuery):
-            return (tuple(int(d) for d in query.shape), str(query.dtype), str(query.device))
-        if isinstance(query, Sequence):
-            return tuple(one(q) for q in query)
-        return None
-
-    return tuple((kind, node, one(q)) for kind, queries in sorted(requirements.items()) for node, q in queries.items())
+def train_decoder(augment: Mapping[str, Any], output: int, resolution: int) -> Any:
+    """The training image decoder for `augment` (conf/augment): its crop, resized to `output` px, at the data's
+    `resolution` (the crop sizes of `augment` are at 224 px and scaled to it). Our seeded crop decoders draw the flip
+    too, seeded per image (the module docstring, "Seeded augmentation")."""
+    decoder = _train_crop(augment, output, resolution)
+    if hasattr(decoder, "epoch_seed"):
+        decoder.flip = float(augment.get("hflip") or 0.0)
+    return decoder
 
 
-def _on_cuda(buffer: Any) -> bool:
-    if isinstance(buffer, (tuple, list)):
-        return any(_on_cuda(b) for b in buffer)
-    return isinstance(buffer, torch.Tensor) and buffer.is_cuda
-
-
-class _EpochIterator(_FFCVEpochIterator):
-    def start(self) -> None:
-        # The Loader was built with one more batch ahead than asked (one more buffer); the queue keeps the asked
-        # depth, so the producer never refills the buffer of the batch Lightning is still training on.
-        self.output_queue = queue.Queue(max(1, self.loader.batches_ahead - 1))
-        super().start()
-
-    def close(self, timeout: float = 30.0) -> None:
-        # ffcv's close() only asks the thread to stop; a thread that has finished its batches blocks forever
-        # putting its end marker into a full queue. Drain the queue until the thread is gone.
-        super().close()
-        if threading.current_thread() is self or not self.is_alive():
-            return
-        deadline = time.monotonic() + timeout
-        while self.is_alive() and time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self.output_queue.get_nowait()
-            self.join(0.05)
-
-
-class Loader(_FFCVLoader):
-    """ffcv's Loader, safe for a consumer that holds two batches (see the module docstring). `epoch` returns the
-    epoch whose order to read next (the trainer's current epoch); `batches_ahead` is the prefetch depth."""
-
-    def __init__(
-        self,
-        *args: Any,
-        batches_ahead: int = 3,
-        epoch: Callable[[], int] | None = None,
-        before_epoch: Callable[[int], int | None] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, batches_ahead=int(batches_ahead) + 1, **kwargs)
-        self._epoch = epoch
-        self._before_epoch = before_epoch
-        self._current: _EpochIterator | None = None
-        self._buffers: tuple[Any, Any] | None = None  # (what they were made for, the buffers)
-        self.graph.allocate_memory = self._allocate_memory
-
-    def _allocate_memory(self, batch_size: int, slots: int) -> Any:
-        # ffcv allocates every buffer afresh for every epoch: gigabytes of new pages to fault in per epoch at
-        # ImageNet sizes (several % of a fast epoch). The same buffers serve the next epoch when nothing about them
-        # changed (a new resolution makes new ones); __iter__ has stopped the previous epoch's thread by then.
-        requirements, _ = self.graph.collect_requirements()
-        key = (batch_size, slots, _describe(requirements))
-        if self._buffers is not None and self._buffers[0] == key:
-            if any(_on_cuda(b) for kind in self._buffers[1].values() for b in kind.values()):
-                torch.cuda.synchronize()  # every stream: the last epoch's copies and reads are done
-            return self._buffers[1]
-        buffers = Graph.allocate_memory(self.graph, batch_size, slots)
-        self._buffers = (key, buffers)
-        return buffers
-
-    def __iter__(self) -> _EpochIterator:
-        self.close()
-        if self._epoch is not None:
-            self.next_epoch = int(self._epoch())
-        skip = 0
-        if self._before_epoch is not None:  # the epoch's decoder size and seed; the batches a resumed run skips
-            skip = int(self._before_epoch(self.next_epoch) or 0)
-        _compiler.Compiler.set_num_threads(self.num_workers)
-        order = self.next_traversal_order()
-        selected = order[: len(self) * self.batch_size][skip * self.batch_size :]  # skipped images are not read
-        self.next_epoch += 1
-        if self.code is None or self.recompile:
-            self.generate_code()
-        self._current = _EpochIterator(self, selected)
-        return self._current
-
-    def next_traversal_order(self) -> Any:
-        # ffcv 1.0.2's QuasiRandom shuffles its page table in place, so an epoch's order depended on how many
-        # orders were drawn before it; drawn from the pristine table, the order is a function of (seed, epoch).
-        order = self.traversal_order
-        if isinstance(order, QuasiRandom):
-            pristine = getattr(self, "_pristine_pages", None)
-            if pristine is None:
-                pristine = self._pristine_pages = order.page_to_samples_array.copy()
-            order.page_to_samples_array = pristine.copy()
-        return super().next_traversal_order()
-
-    def close(self) -> None:
-        """Stop the epoch being read, if any (its thread and buffers)."""
-        if self._current is not None:
-            self._current.close()
-            if self._current.is_alive():  # a thread that would not stop keeps its buffers
-                self._buffers = None
-            self._current = None
+def _train_crop(augment: Mapping[str, Any], output: int, resolution: int) -> Any:
+    crop = augment.get("crop", "random_resized")
+    size = (output, output)
+    if crop == "random_resized":
+        return SeededRandomResizedCropRGBImageDecoder(
+            size, scale=tuple(augment["scale"]), ratio=tuple(augment["ratio"])
+        )
+    if crop == "scale_jitter":
+        low, high = (_scaled(s, resolution) for s in augment["jitter_sizes"])
+        if not 0 < low <= high:
+            raise ConfigError(f"augment.jitter_sizes={list(augment['jitter_sizes'])} is not a range of sizes")
+        return ScaleJitterRGBImageDecoder(size, low, high, resolution)
+    if crop == "center_random":
+        return CenterRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
+    if crop == "squash_random":
+        return SquashRandomCropRGBImageDecoder(size, _scaled(augment["resize"], resolution), resolution)
+    if crop in ("pad_random", "none"):  # CIFAR: images stored at their size; RandomTranslate pads and crops
+        return SimpleRGBImageDecoder()
+    raise ConfigError(f"augment.crop='{crop}' is not one of {', '.join(CROPS)}")

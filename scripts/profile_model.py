@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Profile catalogue models: parameters, multiply-adds, forward activation memory, training memory, latency.
 
-    python scripts/profile.py model=vgg16                        # one model; prints a summary, writes JSON + plots
-    python scripts/profile.py model=resnet50 --layers            # and a per-layer table
-    python scripts/profile.py model=all --out runs/profile       # every catalogue model (no latency unless --latency)
-    python scripts/profile.py model=resnet18 --resolution 32 --batch-sizes 1,2,4
-    python scripts/profile.py model=vgg16 device=cpu --full-sweep  # on the CPU: batches 1-64 (default: 1 and 8)
+    python scripts/profile_model.py model=vgg16                    # one model; prints a summary, writes JSON + plots
+    python scripts/profile_model.py model=resnet50 --layers        # and a per-layer table
+    python scripts/profile_model.py model=all --out runs/profile   # every catalogue model (no latency unless --latency)
+    python scripts/profile_model.py model=resnet18 --resolution 32 --batch-sizes 1,2,4
+    python scripts/profile_model.py model=vgg16 device=cpu --full-sweep  # on the CPU: batches 1-64 (default: 1, 8)
 
 Each step prints one line to stderr as it starts (counting, per-layer table, each latency batch), so a long run on
 the CPU is never silent.
@@ -30,11 +30,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-# This file's name shadows the standard library's `profile` (which cProfile, imported by torch, imports): run as a
-# script, its folder is sys.path[0]; drop it so `import profile` finds the standard module.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 import torch
 import torch.nn as nn
