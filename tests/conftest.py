@@ -37,8 +37,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     unit (no training), integration (train(cfg) / evaluate(cfg) in process), system (command line, subprocesses, DDP,
     SLURM, FFCV end to end). A test with none or with two is a usage error naming it.
 
-    Tests that use the real SLURM cluster are marked for one pytest-xdist group (one worker, one after another). Under
-    pytest 9.2 pytest-xdist 3.8 cannot apply it (docs/development.md): they run on either worker, on one cluster."""
+    The tests run longest first (system, integration, unit; slow before the rest of a tier; in collection order
+    otherwise), so that pytest-xdist's workers, handed one test at a time, finish together rather than one waiting on
+    the other's last long test. Tests that use the real SLURM cluster are marked for one pytest-xdist group: one
+    worker runs them one after another, on the one cluster (pytest <9.2: pyproject.toml)."""
     tiers = {item.nodeid: [t for t in TIERS if item.get_closest_marker(t)] for item in items}
     if both := [node for node, found in tiers.items() if len(found) > 1]:
         raise pytest.UsageError(f"tests with more than one of the markers {', '.join(TIERS)}: {', '.join(both[:10])}")
@@ -49,6 +51,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("slurm"))
+    items.sort(key=lambda item: (-TIERS.index(tiers[item.nodeid][0]), item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,18 @@ from trainer import compat
 from trainer.compat import PRIVATE_MEMBERS, TESTED_VERSIONS, PrivateMember
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LIBRARIES = ("torch", "torchvision", "lightning", "pytorch_lightning", "timm", "hydra", "omegaconf", "ffcv", "numba")
+LIBRARIES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "pytorch_lightning",
+    "torchmetrics",
+    "timm",
+    "hydra",
+    "omegaconf",
+    "ffcv",
+    "numba",
+)
 # private names of the standard library that src/ may use
 STDLIB_PRIVATE = {"_exit"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from trainer.engine import (
     atomic_torch_save,
     create_optimizer,
     create_scheduler,
+    metrics,
     param_groups,
     scale_lr,
 )
@@ -383,3 +385,41 @@ def test_channels_last_model_and_inputs(tiny_cfg) -> None:
     with torch.no_grad():  # same outputs as the contiguous model, within float tolerance
         torch.testing.assert_close(module(x.contiguous(memory_format=torch.channels_last)), reference(x))
     assert module.memory_format == torch.channels_last
+
+
+@pytest.mark.unit
+def test_epoch_metrics_survive_a_checkpoint_and_weigh_every_sample() -> None:
+    """The running accuracy and mean loss of an epoch, saved mid-epoch and put back into fresh metrics, go on to the
+    figures of the uninterrupted epoch: counts over every sample (batches of unequal size weigh by their size)."""
+    torch.manual_seed(0)
+    batches = [(torch.randn(n, 10), torch.randint(0, 10, (n,)), torch.rand(())) for n in (8, 3, 5)]
+
+    def run(part: list, into: dict | None = None) -> dict:
+        m = into or {**metrics.accuracy(10), "loss": metrics.mean()}  # as the module's epoch metrics
+        for logits, targets, loss in part:
+            m["top1"].update(logits, targets)
+            m["top5"].update(logits, targets)
+            m["loss"].update(loss.expand(len(targets)))
+        return m
+
+    def figures(m: dict) -> dict[str, float]:
+        return {name: float(metric.compute()) for name, metric in m.items()}
+
+    whole = figures(run(batches))
+    resumed = {**metrics.accuracy(10), "loss": metrics.mean()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # restored states count as updated: compute() does not warn
+        metrics.load_states(resumed, pickle.loads(pickle.dumps(metrics.states(run(batches[:1])))), "cpu")
+        assert figures(resumed) == figures(run(batches[:1]))
+    assert figures(run(batches[1:], into=resumed)) == whole
+    count = sum(len(t) for _, t, _ in batches)
+    assert whole == pytest.approx(
+        {
+            "top1": sum(int((x.argmax(1) == t).sum()) for x, t, _ in batches) / count,
+            "top5": sum(int((x.topk(5).indices == t[:, None]).any(1).sum()) for x, t, _ in batches) / count,
+            "loss": sum(float(loss) * len(t) for _, t, loss in batches) / count,
+        }
+    )
+    older = {"loss": {"sum": torch.tensor(3.0), "weight": 4.0}}  # written before: the epoch counts from the resume
+    with pytest.warns(UserWarning, match="'loss' is in an older format"):
+        metrics.load_states(resumed, older, "cpu")

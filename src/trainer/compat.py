@@ -107,6 +107,14 @@ def eager_call(model: nn.Module) -> Callable:
     return model._call_impl
 
 
+# -- torchmetrics -------------------------------------------------------------------------------------------------
+
+
+def set_update_count(metric: Any, count: int) -> None:
+    """Mark a metric whose state was put back from a checkpoint as updated `count` times (compute() warns at 0)."""
+    metric._update_count = count
+
+
 # -- Lightning ------------------------------------------------------------------------------------------------------
 
 

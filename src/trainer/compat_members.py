@@ -7,6 +7,7 @@ from typing import NamedTuple
 TESTED_VERSIONS = {
     "torch": "2.14.1",
     "lightning": "2.6.6",
+    "torchmetrics": "1.9.0",
     "timm": "1.0.31",
     "hydra-core": "1.3.8",
     "ffcv": "1.0.2",
@@ -34,6 +35,14 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
         "torch", "torch.nn.modules.batchnorm:_NormBase", "engine/optim.py", "every BatchNorm/InstanceNorm: no decay"
     ),
     PrivateMember("torch", "torch.nn.modules.conv:_ConvNd", "engine/optim.py", "every convolution: depthwise test"),
+    # torchmetrics
+    PrivateMember(
+        "torchmetrics",
+        "torchmetrics:Metric._update_count",
+        "engine/metrics.py",
+        "a metric state restored from a step checkpoint counts as updated",
+        instance=True,
+    ),
     # Lightning
     PrivateMember(
         "lightning",

@@ -13,11 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
 
 from trainer.compat import data_fetcher, logger_connector, should_accumulate
-from trainer.engine.device_mean import DeviceMean
+from trainer.engine import metrics
 from trainer.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
@@ -56,22 +55,6 @@ def split_outputs(outputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch
         return outputs, []
     main, *aux = outputs
     return main, list(aux)
-
-
-def _accuracy(num_classes: int) -> MetricCollection:
-    return MetricCollection(
-        {
-            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
-        }
-    )
-
-
-def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
-    """The fraction of the batch whose target is among the k highest logits, for each k (on the device: no sync,
-    where torchmetrics' accuracy update waits for the device, e.g. in bincount)."""
-    top = logits.topk(max(ks), dim=1).indices == targets[:, None]
-    return [top[:, :k].any(dim=1).float().mean() for k in ks]
 
 
 class ClassificationModule(L.LightningModule):
@@ -130,11 +113,10 @@ class ClassificationModule(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.config = config or {}
         self.class_names = list(class_names) if class_names is not None else None
-        self._train_topk = {"train/top1": 1, "train/top5": min(5, num_classes)}
-        self._train_accuracy = {name: DeviceMean() for name in self._train_topk}  # the epoch's, on the device
-        self.val_metrics = _accuracy(num_classes).clone(prefix="val/")
+        self.train_metrics = metrics.accuracy(num_classes).clone(prefix="train/")  # the epoch's so far
+        self.val_metrics = metrics.accuracy(num_classes).clone(prefix="val/")
         # a sum of per-sample losses and a count, summed over ranks: exact under DDP's unequal val shares
-        self.val_loss = MeanMetric()
+        self.val_loss = metrics.mean()
         self.ema: ModelEmaV3 | None = None
         if ema_decay is not None:
             if not 0.0 < ema_decay < 1.0:
@@ -142,9 +124,10 @@ class ClassificationModule(L.LightningModule):
             self.ema = ModelEmaV3(model, decay=ema_decay, use_warmup=ema_warmup)
             self.ema.requires_grad_(False)  # not trained: DDP and the optimizer must not see it
             self.ema.train()  # follows the module's mode like any submodule; validation runs it in eval mode
-            self.val_ema_metrics = _accuracy(num_classes).clone(prefix="val_ema/")
-        self._train_loss_window = DeviceMean()  # the step losses since the last logged step, summed on the device
-        self._train_loss_epoch = DeviceMean()  # the epoch's mean loss, weighted by batch size
+            self.val_ema_metrics = metrics.accuracy(num_classes).clone(prefix="val_ema/")
+        # the mean loss of the steps since the last logged step (this process's), and of the epoch so far
+        self.train_loss_window = metrics.mean(sync_on_compute=False)
+        self.train_loss_epoch = metrics.mean()
         self._pbar_loss: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | Sequence[torch.Tensor]:
@@ -193,11 +176,7 @@ class ClassificationModule(L.LightningModule):
             self._note_nonfinite(loss.detach())
         elif not self._loss_is_finite(loss):
             return None  # loss.nonfinite=skip: no backward, no update
-        logits = split_outputs(outputs)[0].detach()
-        for mean, correct in zip(
-            self._train_accuracy.values(), topk_correct(logits, targets, self._train_topk.values()), strict=True
-        ):
-            mean.add(correct, len(targets))
+        self.train_metrics.update(split_outputs(outputs)[0].detach(), targets)
         self._log_train_loss(loss.detach(), len(targets))
         return loss
 
@@ -256,39 +235,41 @@ class ClassificationModule(L.LightningModule):
             )
         return False
 
-    def _epoch_means(self) -> dict[str, DeviceMean]:
-        """The running means of the epoch in progress: checkpointed, so that a run resumed in the middle of an
+    def _epoch_metrics(self) -> dict[str, Metric]:
+        """The running metrics of the epoch in progress: checkpointed, so that a run resumed in the middle of an
         epoch logs the epoch's figures the uninterrupted run logs."""
         return {
-            **self._train_accuracy,
-            "train/loss_epoch": self._train_loss_epoch,
-            "loss_window": self._train_loss_window,
+            **self.train_metrics,  # train/top1, train/top5
+            "train/loss_epoch": self.train_loss_epoch,
+            "loss_window": self.train_loss_window,
         }
 
     def on_train_epoch_start(self) -> None:
-        # not called for an epoch resumed in its middle (Lightning), whose means come from the checkpoint
-        for mean in self._epoch_means().values():
-            mean.reset()
+        # not called for an epoch resumed in its middle (Lightning), whose metrics come from the checkpoint
+        for metric in self._epoch_metrics().values():
+            metric.reset()
 
     def on_train_epoch_end(self) -> None:
         self._check_nonfinite()
-        for name, mean in self._train_accuracy.items():
-            if mean.count:
-                self.log(name, mean.pop(), on_step=False, on_epoch=True, sync_dist=True)
-        if self._train_loss_epoch.count:
-            self.log("train/loss_epoch", self._train_loss_epoch.pop(), on_step=False, on_epoch=True, prog_bar=True)
+        if self.train_loss_epoch.update_count:  # computed over every process (an exact, weighted mean)
+            self.log_dict(self.train_metrics.compute(), on_step=False, on_epoch=True)
+            self.log("train/loss_epoch", self.train_loss_epoch.compute(), on_step=False, on_epoch=True, prog_bar=True)
+        for metric in self._epoch_metrics().values():
+            metric.reset()
 
     def _log_train_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         """`train/loss_epoch` (the epoch's mean) and, at logging steps only, `train/loss_step`: the mean loss of the
         steps since the last logging step. Nothing here waits for the device: Lightning turns a progress-bar value
         logged on_step into a Python number at every step (a host sync), so the step loss goes to the loggers
         (which convert at logging steps anyway) and reaches the progress bar in on_train_batch_end of those steps."""
-        self._train_loss_epoch.add(loss, batch_size)
-        self._train_loss_window.add(loss, batch_size)
+        per_sample = loss.expand(batch_size)  # the batch's mean once per sample: its weight (no weights, metrics.mean)
+        self.train_loss_epoch.update(per_sample)
+        self.train_loss_window.update(per_sample)
         connector = logger_connector(self.trainer)  # Lightning's own rule for the steps it sends to the loggers
         if connector.should_update_logs and not should_accumulate(self.trainer):
             self._check_nonfinite()  # a logging step waits for the device anyway
-            self._pbar_loss = self._train_loss_window.pop()
+            self._pbar_loss = self.train_loss_window.compute()
+            self.train_loss_window.reset()
             self.log("train/loss_step", self._pbar_loss, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -308,9 +289,8 @@ class ClassificationModule(L.LightningModule):
             return
         images, targets = batch[0].contiguous(memory_format=self.memory_format), batch[1]
         logits = split_outputs(self.model(images))[0]
-        loss = F.cross_entropy(logits, targets)
         self.val_metrics.update(logits, targets)
-        self.val_loss.update(loss, weight=len(targets))
+        self.val_loss.update(F.cross_entropy(logits, targets, reduction="none"))
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, batch_size=len(targets))
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
         if self.ema is not None:
@@ -363,16 +343,14 @@ class ClassificationModule(L.LightningModule):
         checkpoint["class_names"] = self.class_names
         checkpoint["rng_states"] = rng_states()
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
-        checkpoint["epoch_means"] = {name: mean.state_dict() for name, mean in self._epoch_means().items()}
+        checkpoint["epoch_metrics"] = metrics.states(self._epoch_metrics())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_ema_matches(checkpoint)
         self._rng_to_restore = checkpoint.get("rng_states")
         self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
-        means = self._epoch_means()
-        for name, state in (checkpoint.get("epoch_means") or {}).items():
-            if name in means:
-                means[name].load_state_dict(state, self.device)
+        saved = checkpoint.get("epoch_metrics") or checkpoint.get("epoch_means") or {}  # epoch_means: older runs
+        metrics.load_states(self._epoch_metrics(), saved, self.device)
 
     def _check_ema_matches(self, checkpoint: dict[str, Any]) -> None:
         """A resumed run needs the checkpoint's EMA setting: one line saying which, not a state_dict key error."""

@@ -2,7 +2,7 @@
 over processes, so `trainer.test()` on several devices gives what one process gives.
 
 Each process reads its own share of the images, every image once (the data module's exact sharding, as training's
-validation); the scores are counts and sums (top-1 and top-5 hits, summed loss, images, the confusion matrix), added
+validation); the scores are torchmetrics' (accuracy, mean loss) and a confusion matrix, states of counts and sums added
 over the processes when the evaluation ends. Nothing waits for the device per batch.
 """
 
@@ -17,52 +17,57 @@ import torch
 import torch.nn as nn
 from torchmetrics import Metric
 
-from trainer.eval.protocols import Protocol, loss_of, predict
+from trainer.engine import metrics
+from trainer.eval.protocols import Protocol, losses_of, predict
 
 
-class ProtocolScores(Metric):
-    """One model's top-1/top-5 hits, summed loss, image count and (with `confusion`) confusion matrix (rows: true
-    class, columns: predicted), each a sum over batches and processes.
-
-    Top-1 and top-5 are computed as torchmetrics' micro-averaged MulticlassAccuracy, which validation logs, computes
-    them (the hits of argmax and of topk, divided in float32): a centre-crop evaluation equals the run's own validation
-    exactly.
-    """
+class ConfusionMatrix(Metric):
+    """Counts of (true class, predicted class) pairs (rows: true class), summed over batches and processes. Written
+    here: torchmetrics' MulticlassConfusionMatrix counts with bincount, whose output size waits for the device."""
 
     full_state_update = False
 
-    def __init__(self, num_classes: int, confusion: bool = True) -> None:
+    def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.top_k = min(5, num_classes)
-        self.with_confusion = confusion
-        for name in ("top1", "top5", "images"):
-            self.add_state(name, torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-        # float64: the per-batch float32 sums add up as Python floats would
-        self.add_state("loss", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        if confusion:
-            self.add_state("confusion", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("counts", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, scores: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
-        """`scores` (B, classes) of a batch with `targets` (B,); `loss` the batch's summed loss."""
-        predicted = scores.argmax(-1)
-        self.top1 += (predicted == targets).sum()
-        self.top5 += (scores.topk(self.top_k, dim=-1).indices == targets[:, None]).any(-1).sum()
-        self.images += len(targets)
-        self.loss += loss.double()
-        if self.with_confusion:
-            pairs = targets * self.num_classes + predicted
-            # index_add_, not bincount: bincount sizes its output from the data, a wait for the device
-            self.confusion.view(-1).index_add_(0, pairs, torch.ones_like(pairs))
+    def update(self, predicted: torch.Tensor, targets: torch.Tensor) -> None:
+        pairs = targets * self.num_classes + predicted
+        self.counts.view(-1).index_add_(0, pairs, torch.ones_like(pairs))
+
+    def compute(self) -> torch.Tensor:
+        return self.counts
+
+
+class ProtocolScores(nn.Module):
+    """One model's top-1/top-5 accuracy (validation's metrics: a centre-crop evaluation equals the run's own validation
+    exactly), mean loss, image count and (with `confusion`) confusion matrix, over batches and processes."""
+
+    def __init__(self, num_classes: int, confusion: bool = True) -> None:
+        super().__init__()
+        self.accuracy = metrics.accuracy(num_classes)
+        self.loss = metrics.mean().set_dtype(torch.float64)  # the per-image float32 losses add up as Python floats
+        self.confusion = ConfusionMatrix(num_classes) if confusion else None
+
+    def update(self, scores: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor) -> None:
+        """`scores` (B, classes) of a batch with `targets` (B,); `losses` (B,) per image."""
+        self.accuracy.update(scores, targets)
+        self.loss.update(losses)
+        if self.confusion is not None:
+            self.confusion.update(scores.argmax(-1), targets)
 
     def compute(self) -> dict[str, Any]:
-        images = self.images.clamp_min(1).float()
+        accuracy = self.accuracy.compute()
+        with self.loss.sync_context():  # its states summed over the processes, inside
+            images = int(self.loss.weight)
+            loss = float(self.loss.mean_value / self.loss.weight) if images else 0.0
         return {
-            "top1": 100 * float(self.top1.float() / images),
-            "top5": 100 * float(self.top5.float() / images),
-            "loss": float(self.loss) / max(int(self.images), 1),
-            "images": int(self.images),
-            "confusion": self.confusion.cpu() if self.with_confusion else None,
+            "top1": 100 * float(accuracy["top1"]),
+            "top5": 100 * float(accuracy["top5"]),
+            "loss": loss,
+            "images": images,
+            "confusion": self.confusion.compute().cpu() if self.confusion is not None else None,
         }
 
 
@@ -116,7 +121,7 @@ class EvaluationModule(L.LightningModule):
         images, targets = _in_memory_format(batch[0], self.memory_format), batch[1]
         for name, model in self.models.items():
             scores, is_prob = predict(self.protocol.name, model, images, self.views_per_forward, self.protocol.flips)
-            self.scores[name].update(scores, targets, loss_of(scores, is_prob, targets))
+            self.scores[name].update(scores, targets, losses_of(scores, is_prob, targets))
 
     def on_test_epoch_end(self) -> None:
         self.results = {name: scores.compute() for name, scores in self.scores.items()}  # summed over processes

@@ -159,8 +159,8 @@ def predict(
     return score_views(model, images, chunk), True
 
 
-def loss_of(scores: torch.Tensor, is_prob: bool, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over the batch: of the logits, or of the averaged probabilities."""
+def losses_of(scores: torch.Tensor, is_prob: bool, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per image: of the logits, or of the averaged probabilities."""
     if is_prob:
-        return F.nll_loss(scores.clamp_min(1e-12).log(), targets, reduction="sum")
-    return F.cross_entropy(scores, targets, reduction="sum")
+        return F.nll_loss(scores.clamp_min(1e-12).log(), targets, reduction="none")
+    return F.cross_entropy(scores, targets, reduction="none")
