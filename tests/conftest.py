@@ -32,6 +32,7 @@ torch.set_num_threads(_THREADS)
 TIERS = ("unit", "integration", "system")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which applies the groups marked here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test is in exactly one tier (pyproject's markers), so `-m unit`, `-m "not system"` select what they say:
     unit (no training), integration (train(cfg) / evaluate(cfg) in process), system (command line, subprocesses, DDP,
@@ -40,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     The tests run longest first (system, integration, unit; slow before the rest of a tier; in collection order
     otherwise), so that pytest-xdist's workers, handed one test at a time, finish together rather than one waiting on
     the other's last long test. Tests that use the real SLURM cluster are marked for one pytest-xdist group: one
-    worker runs them one after another, on the one cluster (pytest <9.2: pyproject.toml)."""
+    worker runs them one after another, on the one cluster (pytest <9.2: pyproject.toml; and this hook first)."""
     tiers = {item.nodeid: [t for t in TIERS if item.get_closest_marker(t)] for item in items}
     if both := [node for node, found in tiers.items() if len(found) > 1]:
         raise pytest.UsageError(f"tests with more than one of the markers {', '.join(TIERS)}: {', '.join(both[:10])}")
