@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,17 +99,28 @@ def test_ranks_above_zero_write_no_hydra_files() -> None:
     assert process_rank({"NODE_RANK": "1", "LOCAL_RANK": "0"}) == 1
 
 
-@pytest.mark.system
-@pytest.mark.slow
-def test_bad_device_count_and_batch_split_are_one_line_errors(cache_dir: Path, sample_root: Path, tmp_path: Path):
+@pytest.mark.integration
+def test_bad_device_count_and_batch_split_are_one_line_errors(
+    cache_dir: Path, sample_root: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """train.py's `__main__` in process (runpy): both are refused before a process is started (test_cli runs the
+    entry points' one-line errors through a real interpreter)."""
     base = tiny_overrides(tmp_path / "run", cache_dir)
-    gpus = run_train([*base, "trainer.accelerator=gpu", "trainer.devices=2"], tmp_path)
-    assert gpus.returncode == 2 and gpus.stderr.strip().splitlines()[-1] == (
+    monkeypatch.chdir(tmp_path)
+
+    def last_error_line(*overrides: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["train.py", *base, *overrides])
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, err
+        return err.strip().splitlines()[-1]
+
+    assert last_error_line("trainer.accelerator=gpu", "trainer.devices=2") == (
         "error: trainer.devices=2 but this machine has 0 GPU(s)"
     )
-    split = run_train([*base, "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=33"], tmp_path)
-    assert split.returncode == 2
-    assert "error: data.batch_size=33 is not divisible by the 2 devices" in split.stderr.strip().splitlines()[-1]
+    split = last_error_line("trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=33")
+    assert "error: data.batch_size=33 is not divisible by the 2 devices" in split
 
 
 # -- DDP runs ---------------------------------------------------------------------------------------------------

@@ -85,14 +85,13 @@ def test_cpu_dry_run_runs_every_step_and_reports_it(tmp_path: Path) -> None:
     assert "CPU DRY RUN" in log and "top1_matches_evaluate" in log
 
 
-@pytest.mark.system
-@pytest.mark.slow
+@pytest.mark.unit
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no GPU")
-def test_without_a_gpu_it_refuses_and_names_the_dry_run(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [PYTHON, "benchmarks/gpu_check.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
-    )
-    assert proc.returncode == 2 and "--cpu-dry-run" in proc.stderr.strip().splitlines()[-1]
+def test_without_a_gpu_it_refuses_and_names_the_dry_run(gpu_targets, tmp_path: Path, capsys) -> None:
+    import gpu_check  # in process: the dry run above is the script through a real interpreter
+
+    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    assert "--cpu-dry-run" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "report.json").exists()
 
 
