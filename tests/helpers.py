@@ -4,6 +4,7 @@ never from conftest.py or from each other."""
 
 from __future__ import annotations
 
+import runpy
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,20 @@ def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comp
     return subprocess.run(
         [PYTHON, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_script(script: str, *args: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """A script's `__main__` in process (runpy with its sys.argv), the same code as `python <script> <args>` without
+    another torch import: (exit status, stdout, stderr). For its error paths; each script also runs through a real
+    interpreter in some test."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def copy_run(run_dir: Path, dest: Path, checkpoints_only: bool = False) -> Path:

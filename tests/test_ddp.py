@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from tests.helpers import (
     data_overrides,
     ddp_args,
     odd_val_root,
+    run_script,
     run_train,
     tiny_overrides,
 )
@@ -109,11 +108,8 @@ def test_bad_device_count_and_batch_split_are_one_line_errors(
     monkeypatch.chdir(tmp_path)
 
     def last_error_line(*overrides: str) -> str:
-        monkeypatch.setattr(sys, "argv", ["train.py", *base, *overrides])
-        with pytest.raises(SystemExit) as exit_:
-            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
-        err = capsys.readouterr().err
-        assert exit_.value.code == 2, err
+        code, _, err = run_script("train.py", *base, *overrides, capsys=capsys, monkeypatch=monkeypatch)
+        assert code == 2, err
         return err.strip().splitlines()[-1]
 
     assert last_error_line("trainer.accelerator=gpu", "trainer.devices=2") == (

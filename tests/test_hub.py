@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import torch.nn as nn
 import yaml
 from omegaconf import OmegaConf
 
-from tests.helpers import PYTHON, ROOT, compose_config
+from tests.helpers import PYTHON, ROOT, compose_config, run_script
 from trainer.cli import EXIT_USER_ERROR
 from trainer.errors import CheckpointError
 from trainer.hub import HubError, check_repo_id, export, load, publish, read_checkpoint, rebuild
@@ -221,11 +219,8 @@ def test_scripts_fail_with_one_line(resnet_ckpt: Path, tmp_path: Path, capsys, m
         (["scripts/export.py", f"ckpt={resnet_ckpt}"], "missing out=..."),
         (["scripts/export.py", f"ckpt={resnet_ckpt}", f"out={tmp_path}", "overwrite=maybe"], "not a valid bool"),
     ):
-        monkeypatch.setattr(sys, "argv", args)
-        with pytest.raises(SystemExit) as exit_:
-            runpy.run_path(str(ROOT / args[0]), run_name="__main__")
-        err = capsys.readouterr().err
-        assert exit_.value.code == EXIT_USER_ERROR, err
+        code, _, err = run_script(*args, capsys=capsys, monkeypatch=monkeypatch)
+        assert code == EXIT_USER_ERROR, err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
         assert message in err
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import runpy
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import PYTHON, ROOT, compose_config, data_overrides, odd_val_root, tiny_overrides
+from tests.helpers import PYTHON, ROOT, compose_config, data_overrides, odd_val_root, run_script, tiny_overrides
 from trainer.builders import build_datamodule
 from trainer.evaluate import evaluate
 
@@ -206,14 +204,7 @@ def test_submit_makes_one_job_per_sweep_point_and_checks_overrides(capsys, monke
     submit = ["scripts/submit.py", "--dry-run", "--gpus-per-node=8", "--partition=gpu"]
 
     def run(*overrides: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", [*submit, *overrides])
-        try:
-            runpy.run_path(str(ROOT / submit[0]), run_name="__main__")
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code
-        out, err = capsys.readouterr()
-        return code, out, err
+        return run_script(*submit, *overrides, capsys=capsys, monkeypatch=monkeypatch)
 
     code, out, err = run("optim.lr=0.1,0.2", "model=resnet18,resnet34")
     assert code == 0, err
