@@ -71,6 +71,17 @@ def _logging_left_as_it_was() -> Iterator[None]:
             lg.disabled = disabled.get(name, False)
 
 
+@pytest.fixture(autouse=True)
+def _torch_left_as_it_was() -> Iterator[None]:
+    """Process-wide torch settings a test may change leave with it: the thread count (a bare `import ffcv` sets it to
+    1; a later run compared with a subprocess run would compute with other sums) and deterministic algorithms
+    (Lightning's `Trainer(deterministic=True)` turns them on for the process and never off)."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")

@@ -48,6 +48,18 @@ def lightest_per_family(names: Sequence[str]) -> set[str]:
     return set(lightest.values())
 
 
+def ffcv_or_skip() -> None:
+    """Import ffcv as the project does (trainer.data.ffcv.format.require_ffcv: torch's thread count kept, which a
+    bare `import ffcv` sets to 1 for the whole process), or skip the test naming what is missing."""
+    from trainer.data.ffcv.format import require_ffcv
+    from trainer.errors import ConfigError
+
+    try:
+        require_ffcv("this test")
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+
+
 def tiny_overrides(run_dir: Path, cache_dir: Path) -> list[str]:
     """Shrink a run for tests: CPU, no progress bar, no worker processes, a few batches."""
     return [

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from tests.helpers import CONF_DIR, ROOT, compose_config
+from tests.helpers import CONF_DIR, ROOT, compose_config, ffcv_or_skip
 from trainer.builders import build_model, check_recipe
 from trainer.config import register_configs
 from trainer.data.batch_augment import BatchAugment, needs_batch_augment, rotate
@@ -140,7 +140,7 @@ def test_alexnet_crop_is_the_central_square_of_the_shorter_side() -> None:
 @pytest.mark.slow  # importing ffcv (numba) takes ~10 s on a shared CPU
 def test_alexnet_crop_on_ffcv_is_the_central_square_of_the_shorter_side() -> None:
     # the decoder's crop in the stored image, for the picture above (height 256, width 512)
-    pytest.importorskip("ffcv")
+    ffcv_or_skip()
     augment = _augment(compose_config(["recipe=alexnet"]))
     from trainer.data.ffcv.ops import CenterRandomCropRGBImageDecoder, _center_random_crop, train_decoder
 

@@ -18,7 +18,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.helpers import PYTHON, ROOT, compose_config, tiny_overrides
+from tests.helpers import PYTHON, ROOT, compose_config, ffcv_or_skip, tiny_overrides
 from trainer.errors import CheckpointError, NonFiniteLossError, RunDirLockedError
 from trainer.train import train
 
@@ -153,7 +153,7 @@ def _resume(run_dir: Path, cache_dir: Path, data: str, capsys) -> str:
 @pytest.mark.parametrize("data", ["sample", "sample_ffcv"])
 def test_ctrl_c_then_resume_equals_uninterrupted(data, reference, cache_dir, tmp_path, capsys, caplog) -> None:
     if data == "sample_ffcv":
-        pytest.importorskip("ffcv")
+        ffcv_or_skip()
     ref = reference(data)
     run_dir = tmp_path / "run"
     _interrupt_in_process(run_dir, cache_dir, data)
@@ -173,7 +173,7 @@ def test_kill_9_after_a_step_checkpoint_then_resume_equals_uninterrupted(
     data, reference, cache_dir, tmp_path, capsys
 ) -> None:
     if data == "sample_ffcv":
-        pytest.importorskip("ffcv")
+        ffcv_or_skip()
     ref = reference(data)  # for FFCV this also writes the .beton files into the cache the killed run reads
     run_dir = tmp_path / "run"
     args = [*_overrides(run_dir, cache_dir, data, *_signal_at(STOP_AT + 1, signal.SIGKILL))]

@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import PYTHON, ROOT, compose_config, data_overrides, odd_val_root, run_script, tiny_overrides
+from tests.helpers import (
+    PYTHON,
+    ROOT,
+    compose_config,
+    data_overrides,
+    ffcv_or_skip,
+    odd_val_root,
+    run_script,
+    tiny_overrides,
+)
 from trainer.builders import build_datamodule
 from trainer.evaluate import evaluate
 
@@ -74,7 +83,7 @@ def _data(loader: str, sample_root: Path, cache_dir: Path, tmp_path: Path) -> li
     two tasks only read them."""
     if loader == "folder":
         return data_overrides(odd_val_root(sample_root, tmp_path / "data"))
-    pytest.importorskip("ffcv")
+    ffcv_or_skip()
     data = ["data=sample_ffcv", "data.num_workers=0"]
     build_datamodule(compose_config([*tiny_overrides(tmp_path / "prepare", cache_dir), *data])).prepare_data()
     return data
