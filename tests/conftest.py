@@ -28,6 +28,13 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
 os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 torch.set_num_threads(_THREADS)
+# ffcv compiles every loader's pipeline with numba when the loader starts, in every process; on the tests' tiny data
+# the compile is most of an FFCV run (a ResNet-18 train.py run on 80 images: 30 s, 22 s of it numba). LLVM's
+# optimisation passes are the part that NUMBA_OPT=0 skips (numba's documented setting, read when numba is imported:
+# here, before any test imports it, and inherited by the subprocesses). Measured: test_ffcv.py's worker time 369 s
+# against 319 s, with the same results. What the loaders compute is under test, not how fast LLVM made them; the
+# benchmarks, run by hand, keep numba's default. NUMBA_OPT set in the environment wins.
+os.environ.setdefault("NUMBA_OPT", "0")
 
 TIERS = ("unit", "integration", "system")
 
