@@ -19,7 +19,7 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.helpers import ROOT, compose_config
+from tests.helpers import ROOT, compose_config, run_script
 from trainer.builders import build_model
 from trainer.errors import ConfigError
 from trainer.resolve import resolve_config
@@ -123,22 +123,34 @@ def _tiny(tmp_path: Path, cache_dir: Path) -> list[str]:
     ]
 
 
-@pytest.mark.system
-@pytest.mark.slow
-def test_dry_run_lists_the_filtered_grid_and_runs_nothing(tmp_path: Path) -> None:
-    proc = _sweep("sweep=compound_grid", "sweep.dry_run=true", f"hydra.sweep.dir={tmp_path / 'm'}", timeout=120)
-    assert proc.returncode == 0, proc.stderr
+def _sweep_in_process(*overrides: str, capsys, monkeypatch) -> tuple[int, str, str]:
+    """`train.py -m ...` through train.py's `__main__` in process (run_script): the sweeper's dry run and its refusals
+    start no training, so a fresh interpreter would only add an import of torch; the sweeps that train below run
+    `python train.py -m` for real."""
+    monkeypatch.chdir(ROOT)
+    return run_script("train.py", "-m", *overrides, capsys=capsys, monkeypatch=monkeypatch)
+
+
+@pytest.mark.integration
+def test_dry_run_lists_the_filtered_grid_and_runs_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    code, out, err = _sweep_in_process(
+        "sweep=compound_grid",
+        "sweep.dry_run=true",
+        f"hydra.sweep.dir={tmp_path / 'm'}",
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
+    assert code == 0, err
     listed = [
         tuple(float(v) for v in m)
-        for m in re.findall(r"sweep\.alpha=([\d.]+) sweep\.beta=([\d.]+) sweep\.gamma=([\d.]+)", proc.stdout)
+        for m in re.findall(r"sweep\.alpha=([\d.]+) sweep\.beta=([\d.]+) sweep\.gamma=([\d.]+)", out)
     ]
     assert listed == _grid_points(*PAPER_GRID, target=2.0, tolerance=0.1)
-    assert f"sweep: {len(listed)} points (dry run" in proc.stdout
+    assert f"sweep: {len(listed)} points (dry run" in out
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.system
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -149,11 +161,13 @@ def test_dry_run_lists_the_filtered_grid_and_runs_nothing(tmp_path: Path) -> Non
         (["sweep=compound_scale", "sweep.phi=-1,1"], "sweep.phi must be >= 0"),
     ],
 )
-def test_bad_sweeps_fail_in_one_line(overrides: list[str], message: str, tmp_path: Path) -> None:
-    proc = _sweep(*overrides, f"hydra.sweep.dir={tmp_path / 'm'}", timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert message in proc.stderr
+def test_bad_sweeps_fail_in_one_line(overrides: list[str], message: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    code, _, err = _sweep_in_process(
+        *overrides, f"hydra.sweep.dir={tmp_path / 'm'}", capsys=capsys, monkeypatch=monkeypatch
+    )
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert message in err
     assert not (tmp_path / "m").exists()
 
 
@@ -223,14 +237,16 @@ def test_a_crashing_point_is_recorded_and_the_others_run(tmp_path: Path, cache_d
     assert "failed" in (sweep_dir / "sweep_report.md").read_text()
 
 
-@pytest.mark.system
-@pytest.mark.slow
-def test_a_user_error_in_a_point_is_recorded_too(tmp_path: Path, cache_dir: Path, sample_root: Path) -> None:
+@pytest.mark.integration
+def test_a_user_error_in_a_point_is_recorded_too(
+    tmp_path: Path, cache_dir: Path, sample_root: Path, capsys, monkeypatch
+) -> None:
     """A UserError (here a resolution below the model's minimum) exits the task with status 2 as one line; in a
-    sweep it becomes that point's failed.json, not the end of the sweep."""
-    proc = _sweep("sweep=compound_scale", "sweep.phi=0", "sweep.base_resolution=8,16", *_tiny(tmp_path, cache_dir))
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "sweep: 2 of 2 points failed" in proc.stderr
+    sweep it becomes that point's failed.json, not the end of the sweep (in process: no point trains)."""
+    overrides = ("sweep=compound_scale", "sweep.phi=0", "sweep.base_resolution=8,16", *_tiny(tmp_path, cache_dir))
+    code, _, err = _sweep_in_process(*overrides, capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 1, err[-3000:]
+    assert "sweep: 2 of 2 points failed" in err
     for job in ("0", "1"):
         failed = OmegaConf.load(tmp_path / "multirun" / job / "failed.json")
         assert failed.type == "ConfigError" and "needs a resolution of at least 32 px" in failed.error
