@@ -270,7 +270,7 @@ def _check_features_only(name: str) -> None:
         via_timm = timm.create_model(entry.builder, features_only=True, **entry.kwargs)
     # timm's own factory gives the same feature levels (the forward below is the same network's: not run twice)
     assert via_timm.feature_info.get_dicts() == ours.feature_info.get_dicts()
-    model, info = ours, ours.feature_info
+    model, info = ours.eval(), ours.feature_info  # eval: the same shapes, and half the meta-device work of training
     channels, reductions = info.channels(), info.reduction()
     step = max(reductions)  # two inputs `step` apart: each level's size must differ by step / reduction
     inputs = (entry.resolution, entry.resolution + step)
