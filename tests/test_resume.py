@@ -105,6 +105,12 @@ def _epoch_rows(run_dir: Path) -> list[dict]:
     return [{k: r[k] for k in keep} for r in rows if r.get("val/top1") or r.get("train/loss_epoch")]
 
 
+def _images_per_sec(run_dir: Path) -> list[float]:
+    """metrics.csv's train/images_per_sec, one per epoch (EpochThroughput)."""
+    with open(run_dir / "metrics.csv") as f:
+        return [float(r["train/images_per_sec"]) for r in csv.DictReader(f) if r.get("train/images_per_sec")]
+
+
 def _assert_same_run(run: Path, ref: Path) -> None:
     got, want = _final(run), _final(ref)
     assert got["global_step"] == want["global_step"] == EPOCHS * BATCHES
@@ -164,6 +170,11 @@ def test_ctrl_c_then_resume_equals_uninterrupted(data, reference, cache_dir, tmp
     skipped = STOP_AT - BATCHES
     assert f"resuming at epoch 1, step {STOP_AT}: the first {skipped} batch(es) of epoch 1" in caplog.text
     _assert_same_run(run_dir, ref)
+    # the epoch resumed in its middle has a rate of its own part (Lightning skips on_train_epoch_start there; the
+    # clock once ran from 0 and logged 0.005 images/s); a factor 20 leaves room for a noisy machine's timing
+    rates, reference_rates = _images_per_sec(run_dir), _images_per_sec(ref)
+    assert len(rates) == len(reference_rates) == EPOCHS
+    assert min(rates) > min(reference_rates) / 20, (rates, reference_rates)
 
 
 @pytest.mark.system

@@ -18,7 +18,8 @@ from trainer.models.regularization import drop_path_modules, set_drop_path_rate
 
 class EpochThroughput(L.Callback):
     """Logs `train/images_per_sec`: the epoch's training images over the time from the epoch's start to its last
-    training batch (validation, which Lightning runs before `on_train_epoch_end`, is excluded).
+    training batch (validation, which Lightning runs before `on_train_epoch_end`, is excluded). For an epoch resumed
+    in its middle: the images and the time of the part this run trained.
 
     Lightning's ThroughputMonitor measures every step and synchronises the device each time; an epoch-level
     figure needs neither, so the training step stays free of host syncs.
@@ -29,9 +30,17 @@ class EpochThroughput(L.Callback):
         self._images = 0
         self.history: list[float] = []
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _begin(self) -> None:
         self._images = 0
         self._start = self._last = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning skips on_train_epoch_start for an epoch resumed in its middle: time that epoch's rest from here
+        # (before the training iterator is made, as for any epoch); a fresh epoch starts its clock again below
+        self._begin()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._begin()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch is not None:
