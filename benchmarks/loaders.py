@@ -48,8 +48,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainer.cli import prepare, user_errors
-
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -468,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # here, not at the top: each side runs in a spawned process that imports this file again, and the folder and
+    # bare ffcv sides need neither this project nor the seconds its import takes (ours imports it in our_loader)
+    from trainer.cli import prepare, user_errors
+
     prepare(CONF_DIR, "train", [])
     with user_errors():
         sys.exit(main())
