@@ -64,18 +64,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _logging_left_as_it_was() -> Iterator[None]:
-    """A script's Hydra main run in process (runpy) applies its `hydra/job_logging: disabled`, which disables every
-    logger that exists; the tests after it (caplog) would see nothing. Each test leaves the loggers as it found them."""
-    root = logging.getLogger()
-    level = root.level
-    disabled = {
-        name: lg.disabled for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)
-    }
+    """A script's Hydra main run in process (runpy) applies its `hydra/job_logging`: `disabled` disables every logger
+    that exists (the tests after it, caplog, would see nothing) and `run_log` gives the root, Lightning's and our
+    loggers a file handler on <run_dir>/train.log (a run refused with a user error leaves no run directory: a later
+    test's log record fails to reopen the file). Each test leaves every logger as it found it: its level, `disabled`,
+    `propagate` and handlers; a handler the test added is closed."""
+
+    def loggers() -> dict[str, logging.Logger]:
+        found = {name: lg for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+        return {"": logging.getLogger(), **found}
+
+    before = {name: (lg.level, lg.disabled, lg.propagate, list(lg.handlers)) for name, lg in loggers().items()}
     yield
-    root.setLevel(level)
-    for name, lg in logging.Logger.manager.loggerDict.items():
-        if isinstance(lg, logging.Logger):
-            lg.disabled = disabled.get(name, False)
+    added: set[logging.Handler] = set()
+    for name, lg in loggers().items():
+        level, disabled, propagate, handlers = before.get(name, (logging.NOTSET, False, True, []))
+        added.update(h for h in lg.handlers if h not in handlers)
+        lg.setLevel(level)
+        lg.disabled, lg.propagate = disabled, propagate
+        lg.handlers[:] = handlers
+    for handler in added:
+        handler.close()
 
 
 @pytest.fixture(autouse=True)
