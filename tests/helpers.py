@@ -4,6 +4,7 @@ never from conftest.py or from each other."""
 
 from __future__ import annotations
 
+import csv
 import runpy
 import shutil
 import subprocess
@@ -117,6 +118,17 @@ def run_script(script: str, *args: str, capsys: pytest.CaptureFixture, monkeypat
         code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    """A run's metrics.csv (Lightning's CSVLogger), one dict per row."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
+    """The values metrics.csv holds for `key`, in the order they were logged."""
+    return [float(r[key]) for r in metrics_rows(run_dir) if r.get(key)]
 
 
 def copy_run(run_dir: Path, dest: Path, checkpoints_only: bool = False) -> Path:

@@ -6,7 +6,6 @@ ffcv compiles each loader's pipeline with numba (seconds per loader), so the loa
 
 from __future__ import annotations
 
-import csv
 import errno
 import gc
 import importlib.util
@@ -27,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.helpers import PYTHON, ROOT, compose_config, tiny_overrides
+from tests.helpers import PYTHON, ROOT, compose_config, logged, tiny_overrides
 from trainer.builders import build_datamodule
 from trainer.data.batch_augment import BatchAugment, _apply_op, _jitter, needs_batch_augment
 from trainer.data.folder import ImageFolderDataset, validate_layout
@@ -581,9 +580,7 @@ def test_progressive_resizing_changes_the_training_size_each_epoch(
         labels = read_layout(Path(datamodule.train_beton))[2]["f1"]
         assert RecordResolution.first_labels[2] == labels[loader.next_traversal_order()[:64]].tolist()
         datamodule.teardown()
-    with open(run_dir / "metrics.csv", newline="") as f:
-        logged = {float(r["train/resolution"]) for r in csv.DictReader(f) if r.get("train/resolution")}
-    assert logged == {32.0, 40.0, 48.0}
+    assert set(logged(run_dir, "train/resolution")) == {32.0, 40.0, 48.0}
 
 
 # -- batched augmentations (no ffcv needed) -----------------------------------------------------------------------

@@ -6,7 +6,6 @@ the step, a full disk during a checkpoint write keeps the previous last.ckpt, an
 
 from __future__ import annotations
 
-import csv
 import errno
 import json
 import os
@@ -18,7 +17,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.helpers import PYTHON, ROOT, compose_config, ffcv_or_skip, tiny_overrides
+from tests.helpers import PYTHON, ROOT, compose_config, ffcv_or_skip, logged, metrics_rows, tiny_overrides
 from trainer.errors import CheckpointError, NonFiniteLossError, RunDirLockedError
 from trainer.train import train
 
@@ -99,16 +98,9 @@ def _assert_same_tensors(a, b, where: str) -> None:
 
 def _epoch_rows(run_dir: Path) -> list[dict]:
     """metrics.csv's per-epoch values (rows with val/top1 or train/loss_epoch; timings left out)."""
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = metrics_rows(run_dir)
     keep = [k for k in rows[0] if "per_sec" not in k and k != "train/loss_step"]
     return [{k: r[k] for k in keep} for r in rows if r.get("val/top1") or r.get("train/loss_epoch")]
-
-
-def _images_per_sec(run_dir: Path) -> list[float]:
-    """metrics.csv's train/images_per_sec, one per epoch (EpochThroughput)."""
-    with open(run_dir / "metrics.csv") as f:
-        return [float(r["train/images_per_sec"]) for r in csv.DictReader(f) if r.get("train/images_per_sec")]
 
 
 def _assert_same_run(run: Path, ref: Path) -> None:
@@ -172,7 +164,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted(data, reference, cache_dir, tmp
     _assert_same_run(run_dir, ref)
     # the epoch resumed in its middle has a rate of its own part (Lightning skips on_train_epoch_start there; the
     # clock once ran from 0 and logged 0.005 images/s); a factor 20 leaves room for a noisy machine's timing
-    rates, reference_rates = _images_per_sec(run_dir), _images_per_sec(ref)
+    rates, reference_rates = logged(run_dir, "train/images_per_sec"), logged(ref, "train/images_per_sec")
     assert len(rates) == len(reference_rates) == EPOCHS
     assert min(rates) > min(reference_rates) / 20, (rates, reference_rates)
 
