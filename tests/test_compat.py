@@ -57,7 +57,7 @@ def _in_source(cls: type, attribute: str) -> bool:
 @pytest.mark.unit
 @pytest.mark.parametrize("member", PRIVATE_MEMBERS, ids=lambda m: m.path)
 def test_private_member_exists(member: PrivateMember) -> None:
-    if member.library == "ffcv" and importlib.util.find_spec("ffcv") is None:
+    if member.library in ("ffcv", "numba") and importlib.util.find_spec("ffcv") is None:
         pytest.skip("ffcv is not installed (the ffcv extra)")
     module_name, attributes = member.path.split(":")
     *path, last = attributes.split(".")

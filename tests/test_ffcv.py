@@ -183,6 +183,25 @@ def test_missing_files_are_one_line(tmp_path: Path, cache_dir: Path) -> None:
     _one_line(exc, tmp_path / "imagenet_ffcv" / "train.beton", "scripts/write_ffcv.py")
 
 
+@pytest.mark.unit
+@needs_ffcv
+def test_ffcvs_plain_jitted_helpers_compile_into_numbas_disk_cache() -> None:
+    """The typed-Dict functions ffcv's import compiles and QuasiRandom's order generator are compiled once and then
+    loaded from numba's cache by each later process (the pipeline code, which holds ctypes pointers, cannot be)."""
+    from ffcv.traversal_order import quasi_random
+    from numba.typed import typeddict
+
+    from trainer.data.ffcv import require_ffcv
+
+    require_ffcv()
+    order = np.zeros(6, dtype=np.int64)
+    quasi_random.generate_order_inner(0, np.arange(6).reshape(2, 3), np.array([3, 3]), order, 2)
+    assert sorted(order) == list(range(6))
+    for dispatcher in (typeddict._make_dict, typeddict._setitem, quasi_random.generate_order_inner):
+        where = dispatcher.stats.cache_path  # None where caching is off
+        assert where and list(Path(where).glob(f"*{dispatcher.py_func.__name__}-*.nbi")), dispatcher
+
+
 # -- writing and reading back --------------------------------------------------------------------------------
 
 

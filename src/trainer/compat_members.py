@@ -11,6 +11,7 @@ TESTED_VERSIONS = {
     "timm": "1.0.31",
     "hydra-core": "1.3.8",
     "ffcv": "1.0.2",
+    "numba": "0.68.1",
 }
 
 
@@ -160,6 +161,24 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
         "a failed point's exception without raising it",
     ),
     # ffcv (the loader and writer patches: data/ffcv/loader.py, dataset_writer.py, ops.py)
+    PrivateMember(
+        "numba",
+        "numba.core.dispatcher:Dispatcher.enable_caching",
+        "compat.py (cache_ffcv_jit_helpers)",
+        "what @njit(cache=True) calls: keeps ffcv's plain jitted helpers compiled on disk",
+    ),
+    PrivateMember(
+        "numba",
+        "numba.typed.typeddict:_setitem",
+        "compat.py (cache_ffcv_jit_helpers)",
+        "one of the typed-Dict functions ffcv's rgb_image compiles at import, cached",
+    ),
+    PrivateMember(
+        "ffcv",
+        "ffcv.traversal_order.quasi_random:generate_order_inner",
+        "compat.py (cache_ffcv_jit_helpers)",
+        "QuasiRandom's jitted order generator, cached",
+    ),
     PrivateMember(
         "ffcv", "ffcv.pipeline.compiler:ch", "data/ffcv/loader.py", "torch as ffcv's compiler sees it: keep our threads"
     ),
