@@ -12,7 +12,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.helpers import compose_config, copy_run, tiny_overrides
+from tests.helpers import compose_config, copy_run, data_overrides, tiny_overrides
 from trainer.errors import CheckpointError, ConfigError
 from trainer.eval import FullyConvolutional, Protocol, fully_convolutional, score_scales, score_views, ten_crop
 from trainer.eval.views import googlenet_crops
@@ -212,13 +212,21 @@ def test_each_protocol_on_a_tiny_run(
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_googlenet_144_on_a_tiny_run(tiny_ckpt: Path, cache_dir: Path, tmp_path: Path) -> None:
+def test_googlenet_144_on_a_tiny_run(tiny_ckpt: Path, cache_dir: Path, sample_root: Path, tmp_path: Path) -> None:
     # 4 scales x 3 squares x 6 crops = 72: the sample set never flips in training, so no mirrored views (issue 24);
-    # the paper's 144, with mirrors where training flipped: test_googlenet_crops_per_scale, test_protocol_transforms
-    results = _evaluate(
-        tiny_ckpt, tmp_path, cache_dir, "eval.protocol=googlenet_144", "eval.views_per_forward=512", "eval.weights=raw"
-    )
+    # the paper's 144, with mirrors where training flipped: test_googlenet_crops_per_scale, test_protocol_transforms.
+    # Two val images per class (72 views of each: the whole val split would be 26,000 forward passes)
+    root = tmp_path / "data"
+    (root / "val").mkdir(parents=True)
+    (root / "train").symlink_to(sample_root / "train")
+    for folder in sorted((sample_root / "val").iterdir()):
+        (root / "val" / folder.name).mkdir()
+        for image in sorted(folder.iterdir())[:2]:
+            (root / "val" / folder.name / image.name).symlink_to(image)
+    protocol = ("eval.protocol=googlenet_144", "eval.views_per_forward=512", "eval.weights=raw")
+    results = _evaluate(tiny_ckpt, tmp_path, cache_dir, *protocol, *data_overrides(root))
     assert results["views_per_image"] == 72 and results["scales"] == [37, 41, 46, 50]
+    assert results["images"] == 20 and len(results["per_class_top1"]) == 10
 
 
 @pytest.mark.integration

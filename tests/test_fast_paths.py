@@ -292,17 +292,6 @@ def test_default_optimizer_steps_with_foreach_on_cpu() -> None:
     assert optimizer.defaults["fused"] is None
 
 
-@pytest.mark.system
-@pytest.mark.slow
-def test_bad_step_impl_exits_2_with_one_line(tmp_path, cache_dir, sample_root) -> None:
-    from tests.helpers import tiny_overrides
-
-    args = [*tiny_overrides(tmp_path / "run", cache_dir), "trainer.limit_train_batches=1", "optim.step_impl=fast"]
-    proc = subprocess.run([PYTHON, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "error: optim.step_impl='fast' is not one of auto, fused, foreach, for_loop" in proc.stderr
-
-
 @pytest.mark.unit
 def test_loader_pins_memory_where_cuda_is(tiny_cfg, monkeypatch) -> None:
     """On a CUDA machine the folder loader pins its batches (the page-locked copy Lightning's non_blocking

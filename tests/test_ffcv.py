@@ -15,6 +15,7 @@ import random
 import resource
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.helpers import PYTHON, ROOT, compose_config, logged, tiny_overrides
+from tests.helpers import PYTHON, ROOT, compose_config, logged, run_script, tiny_overrides
 from trainer.builders import build_datamodule
 from trainer.data.batch_augment import BatchAugment, _apply_op, _jitter, needs_batch_augment
 from trainer.data.folder import ImageFolderDataset, validate_layout
@@ -153,23 +154,21 @@ def test_sample_ffcv_keeps_the_sample_sets_values() -> None:
     assert imagenet_ffcv._target_ == "trainer.data.FFCVDataModule"
 
 
-@pytest.mark.system
-@pytest.mark.slow
-def test_ffcv_missing_is_one_line_saying_what_to_install(tmp_path: Path, cache_dir: Path) -> None:
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['ffcv'] = None  # as if ffcv were not installed\n")
-    env = {**os.environ, "PYTHONPATH": str(shim)}
+@pytest.mark.integration
+def test_ffcv_missing_is_one_line_saying_what_to_install(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Both entry points that need ffcv, in process (runpy), with ffcv made unimportable."""
+    for name in [m for m in sys.modules if m == "ffcv" or m.startswith("ffcv.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ffcv", None)  # as if ffcv were not installed
+    monkeypatch.chdir(tmp_path)
     for script, args in (
         ("train.py", ["data=imagenet_ffcv", f"run_dir={tmp_path}/run", "trainer.accelerator=cpu"]),
         ("scripts/write_ffcv.py", [f"data.root={tmp_path}", f"out={tmp_path}/x.beton"]),
     ):
-        proc = subprocess.run(
-            [PYTHON, str(ROOT / script), *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
-        )
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+        code, _, err = run_script(script, *args, capsys=capsys, monkeypatch=monkeypatch)
+        assert code == 2, err[-2000:]
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
         for needed in ("ffcv", "libturbojpeg0-dev", "libopencv-dev", "pkg-config", "pip install -e '.[ffcv]'"):
             assert needed in lines[0], lines[0]
 
@@ -940,17 +939,17 @@ def test_out_of_disk_leaves_no_file_that_looks_valid(corrupt_source: Path, tmp_p
 @pytest.mark.system
 @needs_ffcv
 @pytest.mark.slow
-def test_write_cli_end_to_end_and_a_real_write_failure(corrupt_source: Path, tmp_path: Path) -> None:
-    """scripts/write_ffcv.py as a user runs it; then with a file-size limit, so the kernel refuses the writes
-    (EFBIG, the way a full disk refuses them with ENOSPC)."""
+def test_write_cli_end_to_end_and_a_real_write_failure(corrupt_source: Path, tmp_path: Path, capsys, monkeypatch):
+    """scripts/write_ffcv.py as a user runs it; its refusal to overwrite (in process); then with a file-size limit,
+    so the kernel refuses the writes (EFBIG, the way a full disk refuses them with ENOSPC)."""
     out = tmp_path / "files" / "val.beton"
     args = [PYTHON, str(ROOT / "scripts" / "write_ffcv.py"), f"data.root={corrupt_source}", "split=val", f"out={out}"]
     proc = subprocess.run([*args, "num_workers=2"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"wrote 5 images to {out}" in proc.stdout and "skipped 1 undecodable image(s)" in proc.stdout
     assert "images/s" in proc.stderr  # the progress bar
-    again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert again.returncode == 2 and "overwrite=true" in again.stderr
+    code, _, err = run_script(*args[1:], capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and "overwrite=true" in err.strip().splitlines()[-1], err
 
     def limit_file_size() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail instead of killing

@@ -171,16 +171,13 @@ def test_bad_sweeps_fail_in_one_line(overrides: list[str], message: str, tmp_pat
     assert not (tmp_path / "m").exists()
 
 
-def _check_compound_report(sweep_dir: Path, expected: list[tuple[float, float, float]], base: int) -> None:
-    """The report's rows: the closed form (d, w, r; resolution round(base * gamma^phi); B0's repeats rounded up)."""
-    proc = subprocess.run(
-        [sys.executable, "scripts/sweep_report.py", str(sweep_dir)],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
+def _check_compound_report(
+    sweep_dir: Path, expected: list[tuple[float, float, float]], base: int, capsys, monkeypatch
+) -> None:
+    """The report's rows: the closed form (d, w, r; resolution round(base * gamma^phi); B0's repeats rounded up).
+    scripts/sweep_report.py in process (run_script); the crashing-point test runs it through a real interpreter."""
+    code, _, err = run_script("scripts/sweep_report.py", str(sweep_dir), capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0, err
     with (sweep_dir / "sweep_report.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert sorted((float(r["alpha"]), float(r["beta"]), float(r["gamma"])) for r in rows) == sorted(expected)
@@ -206,20 +203,26 @@ TWO_POINTS = ["sweep.alpha=1.2,1.4", "sweep.beta=1.1,1.2", "sweep.gamma=1.15,1.0
 
 @pytest.mark.system
 @pytest.mark.slow
-def test_compound_grid_sweep_runs_locally_and_is_reported(tmp_path: Path, cache_dir: Path, sample_root: Path) -> None:
+def test_compound_grid_sweep_runs_locally_and_is_reported(
+    tmp_path: Path, cache_dir: Path, sample_root: Path, capsys, monkeypatch
+) -> None:
     proc = _sweep("sweep=compound_grid", *TWO_POINTS, *_tiny(tmp_path, cache_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.index("sweep: 2 points") < proc.stdout.index("val top-1")  # the list comes first
-    _check_compound_report(tmp_path / "multirun", [(1.2, 1.1, 1.15), (1.4, 1.2, 1.0)], base=32)
+    _check_compound_report(tmp_path / "multirun", [(1.2, 1.1, 1.15), (1.4, 1.2, 1.0)], 32, capsys, monkeypatch)
 
 
-@pytest.mark.system
+@pytest.mark.integration
 @pytest.mark.slow
-def test_a_crashing_point_is_recorded_and_the_others_run(tmp_path: Path, cache_dir: Path, sample_root: Path) -> None:
-    """The generic lr x wd sweep; a negative lr makes torch's optimizer raise in one point."""
-    proc = _sweep("sweep=lr_wd", "optim.lr=-1,0.1", "optim.weight_decay=1e-4", *_tiny(tmp_path, cache_dir))
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "sweep: 1 of 2 points failed" in proc.stderr and "Invalid learning rate" in proc.stderr
+def test_a_crashing_point_is_recorded_and_the_others_run(
+    tmp_path: Path, cache_dir: Path, sample_root: Path, capsys, monkeypatch
+) -> None:
+    """The generic lr x wd sweep, in process (the compound sweeps above run `train.py -m` for real); a negative lr
+    makes torch's optimizer raise in one point. Then scripts/sweep_report.py through a real interpreter."""
+    overrides = ("sweep=lr_wd", "optim.lr=-1,0.1", "optim.weight_decay=1e-4", *_tiny(tmp_path, cache_dir))
+    code, _, err = _sweep_in_process(*overrides, capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 1, err[-3000:]
+    assert "sweep: 1 of 2 points failed" in err and "Invalid learning rate" in err
     sweep_dir = tmp_path / "multirun"
     assert (sweep_dir / "1" / "results.json").is_file() and (sweep_dir / "0" / "failed.json").is_file()
     report = subprocess.run(
@@ -255,7 +258,7 @@ def test_a_user_error_in_a_point_is_recorded_too(
 @pytest.mark.system
 @pytest.mark.slow
 def test_compound_sweep_through_submitit_on_slurm(
-    slurm_cluster: str, tmp_path: Path, cache_dir: Path, sample_root: Path
+    slurm_cluster: str, tmp_path: Path, cache_dir: Path, sample_root: Path, capsys, monkeypatch
 ) -> None:
     """The same two-point sweep with nothing changed but the launcher: one SLURM job per point."""
     subprocess.run(["bash", str(ROOT / "scripts" / "slurm_local.sh"), "start"], check=True, timeout=120)  # shared
@@ -263,7 +266,7 @@ def test_compound_sweep_through_submitit_on_slurm(
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     submitit_logs = list((tmp_path / "multirun" / ".submitit").rglob("*_log.out"))
     assert len(submitit_logs) == 2, "one SLURM job per point"
-    _check_compound_report(tmp_path / "multirun", [(1.2, 1.1, 1.15), (1.4, 1.2, 1.0)], base=32)
+    _check_compound_report(tmp_path / "multirun", [(1.2, 1.1, 1.15), (1.4, 1.2, 1.0)], 32, capsys, monkeypatch)
 
 
 @pytest.mark.unit
