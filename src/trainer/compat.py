@@ -220,26 +220,25 @@ def set_ffcv_compiler_torch(torch_view: Any) -> None:
 
 
 @functools.cache
-def cache_ffcv_jit_helpers(stage: str) -> None:
-    """Keep numba's compiles of the plain jitted functions ffcv calls in numba's on-disk cache (what
-    `@njit(cache=True)` does), instead of compiling them again in every process: the typed-Dict functions ffcv's
-    rgb_image module calls at import (its IMAGE_MODES; stage "before_import") and QuasiRandom's order generator
-    (stage "after_import"). About 3 s of each process that imports ffcv on the 2-core machine
-    (benchmarks/README.md). The pipeline code ffcv generates per loader is not cached: it holds ctypes pointers,
-    which numba refuses to cache. Where numba finds no writable cache folder, it compiles as before."""
+def cache_ffcv_jit_helpers() -> None:
+    """Import ffcv with numba's compiles of the plain jitted functions it calls kept in numba's on-disk cache (what
+    `@njit(cache=True)` does), instead of compiled again in every process: the typed-Dict functions ffcv's
+    rgb_image module calls at import (its IMAGE_MODES: caching is switched on before the import) and QuasiRandom's
+    order generator. About 3 s of each process that imports ffcv on the 2-core machine (benchmarks/README.md). The
+    pipeline code ffcv generates per loader is not cached: it holds ctypes pointers, which numba refuses to cache.
+    Where numba finds no writable cache folder, it compiles as before. Raises ImportError where ffcv cannot be
+    imported."""
     from numba.core.dispatcher import Dispatcher
+    from numba.typed import typeddict
 
-    if stage == "before_import":
-        from numba.typed import typeddict
-
-        dispatchers = [obj for obj in vars(typeddict).values() if isinstance(obj, Dispatcher)]
-    else:
-        from ffcv.traversal_order import quasi_random
-
-        dispatchers = [quasi_random.generate_order_inner]
+    dispatchers = [obj for obj in vars(typeddict).values() if isinstance(obj, Dispatcher)]
     for dispatcher in dispatchers:
         with contextlib.suppress(RuntimeError):  # "cannot cache function ...: no locator available"
             dispatcher.enable_caching()
+    from ffcv.traversal_order import quasi_random  # imports ffcv, so after the typed-Dict functions
+
+    with contextlib.suppress(RuntimeError):
+        quasi_random.generate_order_inner.enable_caching()
 
 
 @functools.cache

@@ -73,11 +73,9 @@ def require_ffcv(what: str = "the FFCV data path") -> None:
 
     threads = torch.get_num_threads()
     try:
-        cache_ffcv_jit_helpers("before_import")  # numba is part of the ffcv extra
+        cache_ffcv_jit_helpers()  # imports ffcv (numba is part of the ffcv extra)
         import ffcv
         import ffcv.loader  # noqa: F401
-
-        cache_ffcv_jit_helpers("after_import")
     except Exception as exc:  # ImportError, or OSError from a missing libturbojpeg / OpenCV shared library
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ConfigError(f"{what} needs ffcv, which cannot be imported ({reason}); {INSTALL_HINT}") from None
