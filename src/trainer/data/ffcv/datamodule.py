@@ -268,7 +268,6 @@ class FFCVDataModule(ImageDataModule):
                 batches_ahead=self.batches_ahead,
                 epoch=(lambda: trainer.current_epoch) if train and trainer is not None else None,
                 before_epoch=self._begin_train_epoch if train else None,
-                recompile=train,  # the epoch's augmentation seed is compiled in (ffcv/ops.py, "Seeded augmentation")
             )
         except (ConfigError, DataError):
             raise

@@ -15,8 +15,9 @@ module imports this module only once ffcv is known to import).
   seeds each sample (data/samplers.py); the flip is drawn in the decoder (ffcv's RandomHorizontalFlip draws a whole
   batch outside its threads). Issue 21 asks for (seed, epoch, rank, batch index); the image's index is the
   stricter reading: the same image gets the same crop in an epoch whatever the rank, the batch it lands in, the
-  thread count or the batches skipped on resume. The epoch's seed is compiled into the pipeline, so the training
-  pipeline is compiled again at each epoch start (a few seconds; ffcv's `recompile`).
+  thread count or the batches skipped on resume. The epoch's seed is read by the compiled pipeline when it runs
+  (from a one-element array the decoder owns, `_int64_at`), so a new epoch needs no new compile; the training
+  pipeline is compiled again only when its buffers change (a new output size: progressive resizing).
 
 The loader itself is trainer.data.ffcv.loader's.
 """
@@ -34,6 +35,8 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 from ffcv.transforms import NormalizeImage
+from numba import carray, types
+from numba.extending import intrinsic
 
 from trainer.compat import FFCV_IMAGE_MODES, ffcv_get_random_crop, ffcv_imdecode, ffcv_resize_crop
 from trainer.data.transforms import CROPS, _scaled
@@ -136,13 +139,37 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return sample_seed(int(seed), int(epoch), 0) % _SEED_MOD
 
 
+@intrinsic
+def _address_as_pointer(typingctx, address):
+    """`address` (an integer) as a void pointer, in numba-compiled code (for numba.carray)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+
+    return types.voidptr(address), codegen
+
+
 class SeededCropDecoder(ResizedCropRGBImageDecoder):
     """ffcv's ResizedCropRGBImageDecoder.generate_code (ffcv 1.0.2, fields/rgb_image.py), with numba's generator
     seeded per image from (`epoch_seed`, image index) before its crop, and a horizontal flip with probability
-    `flip` drawn after it. Set `epoch_seed` before the pipeline is compiled for the epoch."""
+    `flip` drawn after it. `epoch_seed` is read by the compiled code at each batch: set it before the epoch's
+    loader thread starts (the Loader's `before_epoch`), no compile needed."""
 
-    epoch_seed = 0
     flip = 0.0
+
+    @property
+    def epoch_seed(self) -> int:
+        return int(self._seed_cell()[0])
+
+    @epoch_seed.setter
+    def epoch_seed(self, value: int) -> None:
+        self._seed_cell()[0] = int(value)
+
+    def _seed_cell(self) -> np.ndarray:
+        # the one int64 the compiled decode reads its seed from, at an address fixed for the decoder's lifetime
+        if "_seed" not in self.__dict__:
+            self._seed = np.zeros(1, dtype=np.int64)
+        return self._seed
 
     def generate_code(self) -> Callable:
         from ffcv.pipeline.compiler import Compiler
@@ -155,11 +182,12 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
         get_crop_c = Compiler.compile(self.get_crop_generator)
         scale = np.asarray(self.scale, dtype=np.float64)
         ratio = np.asarray(self.ratio, dtype=np.float64)
-        base = np.int64(self.epoch_seed)
+        seed_address = self._seed_cell().ctypes.data  # the cell lives as long as the decoder, and the code with it
         flip = float(self.flip)
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
+            base = carray(_address_as_pointer(seed_address), 1, np.int64)[0]  # this epoch's seed, read now
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
                 # this thread's generator, seeded for this image in this epoch
