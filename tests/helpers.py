@@ -30,6 +30,16 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
         return compose(config_name, overrides=list(overrides))
 
 
+def group_options(group: str) -> set[str]:
+    """The options of a config group (`model`, `data`, ...) as Hydra lists them for `group=<option>` on the command
+    line: the conf/ files, the options stored in code (config.register_configs) and the plugins' (no compose)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return set(GlobalHydra.instance().config_loader().get_group_options(group))
+
+
 def slow_unless(values: Sequence, fast: set) -> list:
     """Parametrize values for a check run per network: those in `fast` as they are, the others marked `slow`, so
     `make test-fast` runs the check on a few networks and `make test` (CI) on all of them."""

@@ -27,7 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.helpers import PYTHON, ROOT, compose_config, logged, run_script, tiny_overrides
+from tests.helpers import PYTHON, ROOT, compose_config, copy_run, logged, run_script, tiny_overrides
 from trainer.builders import build_datamodule
 from trainer.data.batch_augment import BatchAugment, _apply_op, _jitter, needs_batch_augment
 from trainer.data.folder import ImageFolderDataset, validate_layout
@@ -299,16 +299,38 @@ def test_eval_loader_reads_the_files_then_the_folders(sample_ffcv, cache_dir: Pa
         no_folders.eval_dataloader(views, protocol="ten_crop")
 
 
+@pytest.fixture(scope="module")
+def ffcv_trained(betons, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """ResNet-18 trained three epochs on the sample set through FFCV (2 loader threads): (run directory, results).
+    Read it, never write into it (copy_run). Its tests share an xdist_group, so that one pytest-xdist worker trains
+    it once rather than each worker once."""
+    run_dir = tmp_path_factory.mktemp("ffcv_trained") / "run"
+    return run_dir, train(_ffcv_cfg(run_dir, cache_dir, "data.num_workers=2", "trainer.max_epochs=3"))
+
+
 @pytest.mark.integration
 @needs_ffcv
 @pytest.mark.slow
-def test_same_checkpoint_same_top1_with_either_loader(cache_dir: Path, sample_ffcv, tmp_path: Path) -> None:
-    """One checkpoint (trained with the folder loader), evaluated by evaluate.py through each loader, comparing
-    like with like: raw pixels, the same crop (SAMPLE_36)."""
-    run_dir = tmp_path / "run"
-    # three epochs: well above chance (10%) but below 100%, so equal top-1 and per-class results mean something
-    train(compose_config([*tiny_overrides(run_dir, cache_dir), "data=sample", *SAMPLE_36, "trainer.max_epochs=3"]))
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+@pytest.mark.xdist_group("ffcv_trained")  # one worker: the module fixture runs once
+def test_training_with_sample_ffcv_learns(ffcv_trained, cache_dir: Path, tmp_path: Path) -> None:
+    run_dir, results = ffcv_trained
+    assert results["epochs"] == 3 and results["global_step"] == 3 * (1437 // 64)
+    # One epoch from scratch (22 steps) is no test of learning: its loss rises and falls back to about ln(10) and
+    # its top-1 is 11-40%. After three epochs top-1 was 90-92.5% in three runs (chance: 10%).
+    assert results["top1"] > 50, results
+    ckpt = copy_run(run_dir, tmp_path / "run", checkpoints_only=True) / "checkpoints" / "last.ckpt"
+    cfg = _ffcv_cfg(tmp_path / "eval", cache_dir, f"ckpt={ckpt}", config_name="eval")
+    assert evaluate(cfg, overrides=[f"ckpt={ckpt}"])["top1"] == results["top1"]  # the run's own last val
+
+
+@pytest.mark.integration
+@needs_ffcv
+@pytest.mark.slow
+@pytest.mark.xdist_group("ffcv_trained")  # one worker: the module fixture runs once
+def test_same_checkpoint_same_top1_with_either_loader(ffcv_trained, cache_dir: Path, sample_ffcv, tmp_path: Path):
+    """One checkpoint (the run above), evaluated by evaluate.py through each loader, comparing like with like: raw
+    pixels, the same crop (SAMPLE_36)."""
+    ckpt = copy_run(ffcv_trained[0], tmp_path / "run", checkpoints_only=True) / "checkpoints" / "last.ckpt"
     results = {}
     for data, extra in (("sample", SAMPLE_36), ("sample_ffcv", [*SAMPLE_36, *BETONS_36])):
         overrides = [f"ckpt={ckpt}", f"data={data}", *extra, f"eval.out={tmp_path}/{data}.json"]
@@ -319,21 +341,6 @@ def test_same_checkpoint_same_top1_with_either_loader(cache_dir: Path, sample_ff
     assert 20 < folder["top1"] < 100  # a trained, imperfect model: equality means something
     assert ffcv["top1"] == folder["top1"] and ffcv["top5"] == folder["top5"]
     assert ffcv["per_class_top1"] == folder["per_class_top1"] and ffcv["loss"] == folder["loss"]
-
-
-@pytest.mark.integration
-@needs_ffcv
-@pytest.mark.slow
-def test_training_with_sample_ffcv_learns(cache_dir: Path, betons, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    results = train(_ffcv_cfg(run_dir, cache_dir, "data.num_workers=2", "trainer.max_epochs=3"))
-    assert results["epochs"] == 3 and results["global_step"] == 3 * (1437 // 64)
-    # One epoch from scratch (22 steps) is no test of learning: its loss rises and falls back to about ln(10) and
-    # its top-1 is 11-40%. After three epochs top-1 was 90-92.5% in three runs (chance: 10%).
-    assert results["top1"] > 50, results
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    cfg = _ffcv_cfg(tmp_path / "eval", cache_dir, f"ckpt={ckpt}", config_name="eval")
-    assert evaluate(cfg, overrides=[f"ckpt={ckpt}"])["top1"] == results["top1"]  # the run's own last val
 
 
 # -- the loader --------------------------------------------------------------------------------------------------
@@ -398,6 +405,47 @@ def test_buffers_are_reused_across_epochs_while_their_shapes_hold(sample_ffcv) -
     decoder.output_size = (24, 24)
     resized, resized_pointers = epoch()
     assert resized.shape[-2:] == (24, 24) and not resized_pointers & first_pointers
+
+
+@pytest.mark.unit
+@needs_ffcv
+def test_training_pipeline_compiles_once_and_reads_each_epochs_seed(sample_ffcv, tmp_path: Path) -> None:
+    """The training decoder's crops and flips follow the epoch's seed, read by the compiled pipeline when it runs: the
+    pipeline is compiled once for every epoch (ffcv's `recompile` compiled it again at each), an epoch read again
+    gives the same images, another epoch other ones; a new output size (progressive resizing) compiles it again."""
+    from ffcv.loader import OrderOption
+
+    from trainer.data.ffcv.loader import Loader
+    from trainer.data.ffcv.ops import epoch_seed
+
+    pipelines = sample_ffcv._pipelines(True, torch.device("cpu"))
+    decoder = sample_ffcv._train_decoder
+    assert decoder is pipelines["image"][0]  # the sample set's augment: random-resized crops (digits: no flips)
+    loader = Loader(
+        str(sample_ffcv.train_beton),
+        batch_size=16,
+        num_workers=1,
+        order=OrderOption.SEQUENTIAL,  # the same images in the same places every epoch: only the seed differs
+        indices=list(range(32)),
+        pipelines=pipelines,
+        before_epoch=lambda epoch: setattr(decoder, "epoch_seed", epoch_seed(0, epoch)),
+    )
+
+    def read(epoch: int) -> tuple[torch.Tensor, object]:
+        loader.next_epoch = epoch
+        images = torch.cat([x.clone() for x, _ in loader])
+        return images, loader.code
+
+    first, code = read(0)
+    second, second_code = read(1)
+    again, again_code = read(0)
+    assert code is second_code is again_code  # compiled once
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    assert decoder.epoch_seed == epoch_seed(0, 0)
+    decoder.output_size = (24, 24)
+    resized, resized_code = read(0)
+    assert resized.shape[-2:] == (24, 24) and resized_code is not code
+    loader.close()
 
 
 @pytest.mark.unit

@@ -244,28 +244,7 @@ def test_nasnet_large_smallest_input_on_the_meta_device(aux: bool, tmp_path: Pat
 
 
 # 7 and 8. What a run prints and writes on the command line: no message the user cannot act on, the run's log in
-# train.log, the summary naming the data.
-NOISE = ("litlogger", "`srun` command is available", "LeafSpec", "log_every_n_steps", "exists and is not empty")
-
-
-@pytest.mark.system
-@pytest.mark.slow
-def test_a_run_and_its_resume_print_nothing_the_user_cannot_act_on(tmp_path: Path, cache_dir: Path, sample_root):
-    run_dir = tmp_path / "run"
-    args = [*tiny_overrides(run_dir, cache_dir), "model=timm/resnet10t", "trainer.limit_train_batches=2"]
-    first = run_train(args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    resumed = run_train([*args, "trainer.max_epochs=2", "resume=auto"], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    for done in (first, resumed):
-        said = done.stdout + done.stderr
-        assert not [n for n in NOISE if n in said], said
-        assert "Warning" not in said, said
-    log = (run_dir / "train.log").read_text()
-    assert "model timm/resnet10t" in log and "val top-1" in log and "after 2 epochs" in log
-    assert f"data {sample_root}" in first.stderr  # the summary names the image folder
-
-
+# train.log, the summary naming the data (the main job and its resume, through train.py: tests/test_train.py).
 @pytest.mark.unit
 def test_a_global_batch_above_the_training_set_is_named_and_logging_fits_the_epoch() -> None:
     trainer = SimpleNamespace(

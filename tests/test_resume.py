@@ -149,6 +149,7 @@ def _resume(run_dir: Path, cache_dir: Path, data: str, capsys) -> str:
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("data", ["sample", "sample_ffcv"])
+@pytest.mark.xdist_group("resume_reference")  # one worker for the tests sharing `reference`: each run made once
 def test_ctrl_c_then_resume_equals_uninterrupted(data, reference, cache_dir, tmp_path, capsys, caplog) -> None:
     if data == "sample_ffcv":
         ffcv_or_skip()
@@ -172,6 +173,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted(data, reference, cache_dir, tmp
 @pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.parametrize("data", ["sample", "sample_ffcv"])
+@pytest.mark.xdist_group("resume_reference")
 def test_kill_9_after_a_step_checkpoint_then_resume_equals_uninterrupted(
     data, reference, cache_dir, tmp_path, capsys
 ) -> None:
