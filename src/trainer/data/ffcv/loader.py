@@ -7,9 +7,9 @@ epoch that seeds the order comes from the trainer, and QUASI_RANDOM no longer de
 before (a resumed run reads the order the uninterrupted one would), `before_epoch` runs as each epoch's iterator is
 made (the moment its buffers are sized: progressive resizing), an abandoned epoch's thread is stopped when the next
 one starts, the buffers are reused from epoch to epoch while their shapes hold (ffcv makes new ones every epoch), the
-pipeline is compiled again only when those shapes change (ffcv's `recompile=True` compiles it every epoch: 1.5-2 s
-of numba per epoch and process on the sample set), and torch's thread count is left alone (ffcv sets it to its
-loader threads).
+pipeline is compiled again only when those shapes change (ffcv's `recompile=True` compiles it every epoch: about
+1 s per epoch and process on the sample set, docs/data.md), and torch's thread count is left alone (ffcv sets it to
+its loader threads).
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ module imports this module only once ffcv is known to import).
   batch outside its threads). Issue 21 asks for (seed, epoch, rank, batch index); the image's index is the
   stricter reading: the same image gets the same crop in an epoch whatever the rank, the batch it lands in, the
   thread count or the batches skipped on resume. The epoch's seed is read by the compiled pipeline when it runs
-  (from a one-element array the decoder owns, `_int64_at`), so a new epoch needs no new compile; the training
-  pipeline is compiled again only when its buffers change (a new output size: progressive resizing).
+  (from a one-element array the decoder owns, through `_address_as_pointer`), so a new epoch needs no new
+  compile; the training pipeline is compiled again only when its buffers change (a new output size: progressive
+  resizing).
 
 The loader itself is trainer.data.ffcv.loader's.
 """
