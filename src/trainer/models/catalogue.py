@@ -179,21 +179,12 @@ def accepted_kwargs(name: str) -> frozenset[str] | None:
     on the meta device, so no weights are allocated) and those timm's builder takes itself. None where the model
     cannot be built on the meta device (then timm's own checks are all there is)."""
     timm_name, defaults = _timm_name(name)
-    # one meta-device build per (builder, defaults) and process: create_model checks every call's kwargs here, and a
-    # build costs 50 ms on average over the catalogue (1 s for the deepest CIFAR ResNets)
-    key = (timm_name, repr(sorted(defaults.items())), timm.models.model_entrypoint(timm_name))
-    if key not in _ACCEPTED:
-        try:
-            with torch.device("meta"):
-                model_cls = type(timm.create_model(timm_name, pretrained=False, **defaults))
-        except Exception:
-            _ACCEPTED[key] = None
-        else:
-            _ACCEPTED[key] = frozenset(_init_arguments(model_cls) | _entrypoint_arguments(timm_name) | _BUILDER_KWARGS)
-    return _ACCEPTED[key]
-
-
-_ACCEPTED: dict[tuple[str, str, Callable], frozenset[str] | None] = {}
+    try:
+        with torch.device("meta"):
+            model_cls = type(timm.create_model(timm_name, pretrained=False, **defaults))
+    except Exception:
+        return None
+    return frozenset(_init_arguments(model_cls) | _entrypoint_arguments(timm_name) | _BUILDER_KWARGS)
 
 
 def _entrypoint_arguments(timm_name: str) -> set[str]:
