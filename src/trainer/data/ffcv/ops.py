@@ -158,19 +158,18 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
 
     flip = 0.0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # the one int64 the compiled decode reads its seed from, at an address fixed for the decoder's lifetime
+        self._seed = np.zeros(1, dtype=np.int64)
+
     @property
     def epoch_seed(self) -> int:
-        return int(self._seed_cell()[0])
+        return int(self._seed[0])
 
     @epoch_seed.setter
     def epoch_seed(self, value: int) -> None:
-        self._seed_cell()[0] = int(value)
-
-    def _seed_cell(self) -> np.ndarray:
-        # the one int64 the compiled decode reads its seed from, at an address fixed for the decoder's lifetime
-        if "_seed" not in self.__dict__:
-            self._seed = np.zeros(1, dtype=np.int64)
-        return self._seed
+        self._seed[0] = int(value)
 
     def generate_code(self) -> Callable:
         from ffcv.pipeline.compiler import Compiler
@@ -183,7 +182,7 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
         get_crop_c = Compiler.compile(self.get_crop_generator)
         scale = np.asarray(self.scale, dtype=np.float64)
         ratio = np.asarray(self.ratio, dtype=np.float64)
-        seed_address = self._seed_cell().ctypes.data  # the cell lives as long as the decoder, and the code with it
+        seed_address = self._seed.ctypes.data  # the array lives as long as the decoder, and the code with it
         flip = float(self.flip)
 
         def decode(batch_indices, my_storage, metadata, storage_state):
